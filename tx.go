@@ -240,14 +240,20 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 	// BEGIN runs under a ctx without cancellation so that database/sql does
 	// not roll back behind our back when ctx ends: we roll back ourselves,
 	// on the same connection, and then run the end hooks on it.
-	sqlTx, err := conn.BeginTx(context.WithoutCancel(ctx), &sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly})
+	beginCtx := ctx
+	if ctx.Done() != nil {
+		beginCtx = context.WithoutCancel(ctx)
+	}
+	sqlTx, err := conn.BeginTx(beginCtx, &sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly})
 	if err != nil {
 		conn.Close()
 		return zero, fmt.Errorf("safesync: begin: %w", err)
 	}
 	tx := &Tx{tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
-	fnCtx, cancel := context.WithCancel(context.WithValue(ctx, txKey{}, tx))
-	defer cancel()
+	// No cancel func is added: a ctx with a Done channel makes the driver
+	// start a cancellation watcher for every statement, which the caller's
+	// ctx may not need.
+	fnCtx := context.WithValue(ctx, txKey{}, tx)
 
 	finished := false
 	defer func() {
@@ -311,9 +317,13 @@ func (tx *Tx) end(ctx context.Context, cfg *txConfig, outcome string, broken boo
 	committed := outcome == outcomeCommit
 	tx.metrics.observeTx(tx.label, outcome, time.Since(start))
 
+	var errs []error
+	if len(tx.onEnd) == 0 && len(tx.onCommit) == 0 {
+		tx.release(broken)
+		return nil
+	}
 	hookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.hookTimeout)
 	defer cancel()
-	var errs []error
 	for i := len(tx.onEnd) - 1; i >= 0; i-- {
 		if err := tx.onEnd[i](hookCtx, tx.conn, committed); err != nil {
 			errs = append(errs, err)
@@ -328,12 +338,17 @@ func (tx *Tx) end(ctx context.Context, cfg *txConfig, outcome string, broken boo
 			}
 		}
 	}
+	tx.release(broken)
+	return errors.Join(errs...)
+}
+
+// release returns the connection to the pool, or closes it when broken.
+func (tx *Tx) release(broken bool) {
 	if broken {
 		discardConn(tx.conn)
 	} else {
 		tx.conn.Close()
 	}
-	return errors.Join(errs...)
 }
 
 // discardConn closes conn's underlying driver connection instead of

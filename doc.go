@@ -1,0 +1,60 @@
+// Package safesync makes MySQL writes safe under heavy concurrency and
+// Redis Streams consumption free of lost or doubled work, across many
+// processes and hosts.
+//
+// Operations are small generic values that compose. A TxFunc is one step
+// inside a transaction; WithTx turns it into a Func, a whole transaction;
+// Retry re-runs a Func. Read the composition inside out:
+//
+//	Retry(policy, WithTx(db, OCC(read, mutate)))
+//	  │            │          └ one attempt: read row+version, write guarded by version
+//	  │            └ BEGIN … COMMIT on one pinned connection; ROLLBACK on error or panic
+//	  └ a new transaction per attempt, for conflicts, deadlocks and lock waits only
+//
+// The types carry the rules: Retry accepts only a Func, so a retry is
+// always a new transaction; calling a WithTx Func inside another
+// transaction is ErrNestedTx unless Independent is given.
+//
+// # Transactions
+//
+//	transfer := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (int64, error) {
+//		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance - ? WHERE id = ?", 30, 1); err != nil {
+//			return 0, err
+//		}
+//		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance + ? WHERE id = ?", 30, 2); err != nil {
+//			return 0, err
+//		}
+//		return safesync.Get[int64](ctx, tx, "SELECT balance FROM accounts WHERE id = ?", 2)
+//	})
+//	balance, err := transfer(ctx)
+//
+// *Tx has the database/sql method set (ExecContext, QueryContext,
+// QueryRowContext, PrepareContext), so sqlc-generated code runs inside any
+// combinator: New(tx). Get and Select scan rows into structs (by `db` tag or
+// field name), scalars and maps.
+//
+// # Guarantees
+//
+//   - One connection per transaction. COMMIT only when fn returned nil and
+//     ctx is still live; ROLLBACK otherwise, including on panic, which
+//     continues afterwards. A rollback failure is joined to the cause,
+//     never put in its place.
+//   - A connection lost while COMMIT was in flight is a
+//     *CommitUnknownError: the server may have committed, so it is never
+//     retried by default.
+//   - Hooks registered with Tx.AfterEnd run on the pinned connection after
+//     the transaction ends and before the connection returns to the pool;
+//     when one fails the connection is closed instead of reused, so no
+//     session state (an advisory lock, say) leaks into the pool.
+//     Tx.AfterCommit hooks run only after a successful COMMIT.
+//   - Table and column names are validated and backtick-quoted in one
+//     place (QuoteIdentifier); values are always bound parameters.
+//
+// # Metrics
+//
+// Metrics keeps the original framework's metric names
+// (coti_safesync_db_write_total{table,op_type,status},
+// coti_safesync_db_write_latency_seconds{table,op_type}, …) on an injected
+// prometheus.Registerer. Every write statement is counted, failures too,
+// with its own latency. Label values are bounded: see Metrics.
+package safesync
