@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"time"
 
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
@@ -113,4 +114,123 @@ func ExampleSelect() {
 	// Output:
 	// [ada bob] <nil>
 	// [map[id:2 owner:bob]] <nil>
+}
+
+type Account struct {
+	ID      int64  `db:"id"`
+	Owner   string `db:"owner"`
+	Balance int64  `db:"balance"`
+	Version int64  `db:"version"`
+}
+
+// WithRowLock reads the row with SELECT … FOR UPDATE and hands it to fn;
+// the lock is held until the transaction ends.
+func ExampleWithRowLock() {
+	db, stop := openExampleDB()
+	defer stop()
+
+	withdraw := safesync.WithRowLock("accounts", safesync.Key{"id": 1},
+		func(ctx context.Context, tx *safesync.Tx, acct Account) (int64, error) {
+			if acct.Balance < 60 {
+				return acct.Balance, errors.New("insufficient funds")
+			}
+			_, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = ? WHERE id = ?", acct.Balance-60, acct.ID)
+			return acct.Balance - 60, err
+		})
+	for range 2 {
+		left, err := safesync.WithTx(db, withdraw)(context.Background())
+		fmt.Println(left, err) // a failed transaction returns the zero value
+	}
+	_, err := safesync.WithTx(db, safesync.WithRowLock("accounts", safesync.Key{"id": 9},
+		func(ctx context.Context, tx *safesync.Tx, acct Account) (int64, error) { return 0, nil }))(context.Background())
+	fmt.Println(errors.Is(err, safesync.ErrNotFound))
+	// Output:
+	// 40 <nil>
+	// 0 insufficient funds
+	// true
+}
+
+// WithAdvisoryLock serialises work across processes by name; the lock is
+// released on the same connection when the transaction ends.
+func ExampleWithAdvisoryLock() {
+	db, stop := openExampleDB()
+	defer stop()
+	ctx := context.Background()
+
+	recompute := safesync.WithAdvisoryLock("user:1:summary", 5*time.Second,
+		func(ctx context.Context, tx *safesync.Tx) (int64, error) {
+			return safesync.Get[int64](ctx, tx, "SELECT SUM(balance) FROM accounts")
+		})
+	total, err := safesync.WithTx(db, recompute)(ctx)
+	fmt.Println(total, err)
+
+	free, _ := safesync.Get[int64](ctx, db, "SELECT IS_FREE_LOCK('user:1:summary')")
+	fmt.Println("released:", free == 1)
+	// Output:
+	// 100 <nil>
+	// released: true
+}
+
+// OCC reads the row and its version, lets a pure function compute the new
+// row, and writes the changed columns guarded by the version.
+func ExampleOCC() {
+	db, stop := openExampleDB()
+	defer stop()
+
+	deposit := func(amount int64) func(Account) (Account, error) {
+		return func(a Account) (Account, error) {
+			a.Balance += amount
+			return a, nil
+		}
+	}
+	read := safesync.ReadVersioned[Account]("accounts", safesync.Key{"id": 2}, "version")
+	acct, err := safesync.WithTx(db, safesync.OCC(read, deposit(25)))(context.Background())
+	fmt.Printf("%+v %v\n", acct, err)
+	// Output:
+	// {ID:2 Owner:bob Balance:25 Version:1} <nil>
+}
+
+// Retry runs a whole new transaction for each attempt, and only for errors
+// a new transaction can fix, such as an optimistic conflict.
+func ExampleRetry() {
+	db, stop := openExampleDB()
+	defer stop()
+
+	attempts := 0
+	read := func(ctx context.Context, tx *safesync.Tx) (safesync.Versioned[Account], error) {
+		attempts++
+		v, err := safesync.ReadVersioned[Account]("accounts", safesync.Key{"id": 1}, "version")(ctx, tx)
+		if attempts == 1 {
+			v.Version-- // the first read is stale, as if another worker committed after it
+		}
+		return v, err
+	}
+	addFive := func(a Account) (Account, error) { a.Balance += 5; return a, nil }
+
+	policy := safesync.Backoff(time.Millisecond, 5).WithOnRetry(func(e safesync.RetryEvent) {
+		fmt.Println("retrying after:", e.Reason)
+	})
+	acct, err := safesync.Retry(policy, safesync.WithTx(db, safesync.OCC(read, addFive)))(context.Background())
+	fmt.Println(acct.Balance, acct.Version, err, "attempts:", attempts)
+	// Output:
+	// retrying after: conflict
+	// 105 1 <nil> attempts: 2
+}
+
+// InsertIdempotent reports a duplicate key as (false, nil) and every other
+// failure as an error.
+func ExampleInsertIdempotent() {
+	db, stop := openExampleDB()
+	defer stop()
+
+	create := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (bool, error) {
+		return safesync.InsertIdempotent(ctx, tx, "INSERT INTO accounts (id, owner, balance) VALUES (?, ?, ?)", 3, "cy", 0)
+	})
+	for range 2 {
+		inserted, err := create(context.Background())
+		fmt.Println(inserted, err)
+	}
+	// Output:
+	// true <nil>
+	// false <nil>
 }

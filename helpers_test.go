@@ -3,6 +3,7 @@ package safesync_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,3 +94,8 @@ func balance(t testing.TB, db *sql.DB, id int) int64 {
 	}
 	return v
 }
+
+func safesynctestMySQL(t *testing.T) *sql.DB { return safesynctest.NewMySQL(t) }
+
+// fmtMap prints a row map with byte slices as strings, keys sorted.
+func fmtMap(m map[string]any) string { return fmt.Sprint(m) }

@@ -215,8 +215,9 @@ func rowKindOf(typ reflect.Type) rowKind {
 
 // structField is one scannable field of a struct type.
 type structField struct {
-	name  string // Go field name, for messages
-	index []int  // path for reflect.Value.FieldByIndex
+	name   string // Go field name, for messages
+	column string // the db tag, else the field name
+	index  []int  // path for reflect.Value.FieldByIndex
 }
 
 // structFields maps column names onto fields: exact tag names first, then
@@ -224,6 +225,7 @@ type structField struct {
 type structFields struct {
 	exact  map[string]structField
 	folded map[string]structField
+	all    []structField // in declaration order
 }
 
 func (s *structFields) lookup(col string) (structField, bool) {
@@ -265,7 +267,8 @@ func collectStructFields(t reflect.Type, prefix []int, out *structFields) {
 		if tag != "" {
 			name = tag
 		}
-		field := structField{name: f.Name, index: index}
+		field := structField{name: f.Name, column: name, index: index}
+		out.all = append(out.all, field)
 		if tag != "" {
 			if _, taken := out.exact[tag]; !taken {
 				out.exact[tag] = field

@@ -22,6 +22,14 @@ type TxFunc[T any] func(ctx context.Context, tx *Tx) (T, error)
 // new transaction.
 type Func[T any] func(ctx context.Context) (T, error)
 
+// NoResult adapts a step that returns only an error into a TxFunc, for
+// WithTx and the other combinators:
+//
+//	_, err := WithTx(db, NoResult(func(ctx context.Context, tx *Tx) error { … }))(ctx)
+func NoResult(fn func(ctx context.Context, tx *Tx) error) TxFunc[struct{}] {
+	return func(ctx context.Context, tx *Tx) (struct{}, error) { return struct{}{}, fn(ctx, tx) }
+}
+
 var (
 	// ErrNestedTx is returned by a Func built with WithTx when it is called
 	// with a ctx that belongs to a running transaction, unless the
@@ -118,6 +126,7 @@ func HookTimeout(d time.Duration) TxOption { return func(c *txConfig) { c.hookTi
 // called from several goroutines, but statements on one connection run one
 // at a time.
 type Tx struct {
+	db       *sql.DB // the pool the connection came from
 	tx       *sql.Tx
 	conn     *sql.Conn
 	metrics  *Metrics
@@ -249,7 +258,7 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		conn.Close()
 		return zero, fmt.Errorf("safesync: begin: %w", err)
 	}
-	tx := &Tx{tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
+	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
 	// No cancel func is added: a ctx with a Done channel makes the driver
 	// start a cancellation watcher for every statement, which the caller's
 	// ctx may not need.
@@ -275,6 +284,11 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		err = ctx.Err() // ctx ended while fn ran, and fn did not notice
 	}
 	if err != nil {
+		if isConnectionError(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			// COMMIT was never sent on this connection: the server rolls
+			// the transaction back, which makes a new attempt safe.
+			err = &rolledBackError{err: err}
+		}
 		rbErr := sqlTx.Rollback()
 		if rbErr != nil {
 			rbErr = fmt.Errorf("safesync: rollback: %w", rbErr)

@@ -309,6 +309,9 @@ func TestCommitWhoseReplyIsLostIsReportedAsUnknown(t *testing.T) {
 	if got := amountOf(t, direct, table, 1); got != 42 {
 		t.Fatalf("amount = %d, want 42: the server committed although the client never heard", got)
 	}
+	if safesync.DefaultRetryable(err) {
+		t.Fatal("the default classifier would retry an unknown commit")
+	}
 }
 
 func TestIsolationOptionChangesWhatTheTransactionSees(t *testing.T) {

@@ -1,0 +1,342 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/safesync-go/safesync"
+)
+
+// otherConnectionGetsLock reports whether a connection outside db's pool
+// can take name at once.
+func otherConnectionGetsLock(t *testing.T, name string) bool {
+	t.Helper()
+	other := openMySQL(t, nil)
+	conn, err := other.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var got sql.NullInt64
+	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Int64 == 1 {
+		if _, err := conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got.Int64 == 1
+}
+
+// Regression for the original's defect 1: its advisory lock was never
+// released, and the connection went back to the pool still holding it.
+func TestRegressionAdvisoryLockIsReleasedWhenTheTransactionEnds(t *testing.T) {
+	db := openMySQL(t, nil)
+	db.SetMaxOpenConns(1) // the pool keeps, and reuses, the very connection that held the lock
+	table := itemsTable(t, db, 1)
+	name := uniqueName(t, "lock")
+	for _, outcome := range []string{"commit", "rollback", "panic"} {
+		t.Run(outcome, func(t *testing.T) {
+			op := safesync.WithTx(db, safesync.WithAdvisoryLock(name, time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+				if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = amount + 1 WHERE id = 1"); err != nil {
+					return err
+				}
+				switch outcome {
+				case "rollback":
+					return errors.New("boom")
+				case "panic":
+					panic("boom")
+				}
+				return nil
+			})))
+			func() {
+				defer func() { _ = recover() }()
+				_, _ = op(context.Background())
+			}()
+			if !otherConnectionGetsLock(t, name) {
+				t.Fatalf("after %s, another connection could not take %q with timeout 0", outcome, name)
+			}
+		})
+	}
+}
+
+// Regression for the original's defect 2, on the real server.
+func TestRegressionUpdateVersionedOnCollidingColumnsAndTableOrder(t *testing.T) {
+	db := openMySQL(t, nil)
+	// The table is literally named order (a reserved word) for this test.
+	if _, err := db.Exec("DROP TABLE IF EXISTS `order`"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("CREATE TABLE `order` (id BIGINT PRIMARY KEY, id_value BIGINT NOT NULL, version_value BIGINT NOT NULL, version BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = db.Exec("DROP TABLE IF EXISTS `order`") })
+	if _, err := db.Exec("INSERT INTO `order` VALUES (1, 2, 0, 0), (2, 1, 0, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	// id_value = 1 names row 2's column value and row 1's id: the original
+	// bound both under one name and updated row 1.
+	_, err := safesync.WithTx(db, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+		return safesync.UpdateVersioned(ctx, tx, "order", safesync.Key{"id": 2}, "version", 0, map[string]any{"version_value": 5, "id_value": 1})
+	}))(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type orderRow struct {
+		ID, IDValue, VersionValue, Version int64
+	}
+	rows, err := safesync.Select[orderRow](context.Background(), db, "SELECT id AS ID, id_value AS IDValue, version_value AS VersionValue, version AS Version FROM `order` ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []orderRow{{1, 2, 0, 0}, {2, 1, 5, 1}}
+	if len(rows) != 2 || rows[0] != want[0] || rows[1] != want[1] {
+		t.Fatalf("rows = %+v, want %+v", rows, want)
+	}
+}
+
+// Regression for the original's defect 3: any error whose text mentioned a
+// duplicate entry was taken for a duplicate.
+func TestRegressionOnlyError1062IsADuplicate(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := createTable(t, db, "prof", "CREATE TABLE %s (user_id BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL) ENGINE=InnoDB")
+	insert := func(query string, args ...any) (bool, error) {
+		return safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (bool, error) {
+			return safesync.InsertIdempotent(ctx, tx, query, args...)
+		})(context.Background())
+	}
+	q := "INSERT INTO `" + table + "` (user_id, name) VALUES (?, ?)"
+	if ok, err := insert(q, 1, "ada"); !ok || err != nil {
+		t.Fatalf("first insert = %v, %v", ok, err)
+	}
+	if ok, err := insert(q, 1, "ada"); ok || err != nil {
+		t.Fatalf("real duplicate = %v, %v; want false, nil", ok, err)
+	}
+	if ok, err := insert(q, 2, nil); ok || err == nil {
+		t.Fatalf("NOT NULL violation = %v, %v; want an error", ok, err)
+	}
+	// An error whose message literally says "Duplicate entry", raised by a
+	// trigger: its number is 1644, so it is an error, not a duplicate.
+	trigger := uniqueName(t, "trg")
+	if _, err := db.Exec("CREATE TRIGGER `" + trigger + "` BEFORE INSERT ON `" + table + "` FOR EACH ROW BEGIN IF NEW.name LIKE 'Duplicate%' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'Duplicate entry ''9'' for key ''PRIMARY'''; END IF; END"); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := insert(q, 9, "Duplicate entry '9' for key 'PRIMARY'")
+	var me *mysql.MySQLError
+	if ok || !errors.As(err, &me) || me.Number == 1062 || !strings.Contains(me.Message, "Duplicate entry") {
+		t.Fatalf("trigger error = %v, %v; want an error whose text says Duplicate entry, returned as an error", ok, err)
+	}
+}
+
+func TestNoWaitFailsAtOnceAndSkipLockedSkips(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := itemsTable(t, db, 2)
+	holding, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": 1}, func(ctx context.Context, tx *safesync.Tx, _ item) (int, error) {
+			close(holding)
+			<-release
+			return 0, nil
+		}))(context.Background())
+		done <- err
+	}()
+	<-holding
+	defer func() {
+		close(release)
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	lock := func(id int64, opt safesync.RowLockOption) (bool, error) {
+		called := false
+		_, err := safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": id}, func(ctx context.Context, tx *safesync.Tx, _ item) (int, error) {
+			called = true
+			return 0, nil
+		}, opt))(context.Background())
+		return called, err
+	}
+	start := time.Now()
+	called, err := lock(1, safesync.NoWait())
+	if !errors.Is(err, safesync.ErrRowLocked) || called {
+		t.Fatalf("NoWait on a held row: err = %v, called = %v; want ErrRowLocked", err, called)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("NoWait waited %v; it must fail at once (the lock wait timeout is far longer)", waited)
+	}
+	if called, err := lock(1, safesync.SkipLocked()); !errors.Is(err, safesync.ErrRowLocked) || called {
+		t.Fatalf("SkipLocked on a held row: err = %v, called = %v; want ErrRowLocked (skipped) and fn not called", err, called)
+	}
+	if called, err := lock(2, safesync.SkipLocked()); err != nil || !called {
+		t.Fatalf("SkipLocked on a free row: err = %v, called = %v", err, called)
+	}
+	if _, err := lock(3, safesync.SkipLocked()); !errors.Is(err, safesync.ErrNotFound) {
+		t.Fatalf("SkipLocked on a missing row: err = %v, want ErrNotFound", err)
+	}
+	if _, err := lock(3, safesync.NoWait()); !errors.Is(err, safesync.ErrNotFound) {
+		t.Fatalf("NoWait on a missing row: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestAdvisoryLockTimeout(t *testing.T) {
+	db := openMySQL(t, nil)
+	name := uniqueName(t, "lock")
+	holder, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(context.Background(), "DO GET_LOCK(?, 0)", name); err != nil {
+		t.Fatal(err)
+	}
+	_, err = safesync.WithTx(db, safesync.WithAdvisoryLock(name, 200*time.Millisecond, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+		t.Error("fn ran without the lock")
+		return nil
+	})))(context.Background())
+	var lte *safesync.LockTimeoutError
+	if !errors.As(err, &lte) || !errors.Is(err, safesync.ErrLockTimeout) || lte.Name != name || lte.Timeout != 200*time.Millisecond {
+		t.Fatalf("err = %v, want *LockTimeoutError{%q, 200ms}", err, name)
+	}
+}
+
+func TestKillingTheLockConnectionCancelsFnWithErrLockLost(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := itemsTable(t, db, 1)
+	name := uniqueName(t, "lock")
+	connIDs := make(chan int64, 1)
+	var fnSawDone atomic.Bool
+	var killedAt time.Time
+	result := make(chan error, 1)
+	go func() {
+		_, err := safesync.WithTx(db, safesync.WithAdvisoryLock(name, time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+			if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = 99 WHERE id = 1"); err != nil {
+				return err
+			}
+			id, err := safesync.Get[int64](ctx, tx, "SELECT CONNECTION_ID()")
+			if err != nil {
+				return err
+			}
+			connIDs <- id
+			select {
+			case <-ctx.Done():
+				fnSawDone.Store(true)
+				return ctx.Err()
+			case <-time.After(10 * time.Second):
+				return errors.New("fn's ctx was not cancelled")
+			}
+		})))(context.Background())
+		result <- err
+	}()
+	id := <-connIDs
+	killedAt = time.Now()
+	if _, err := db.Exec(fmt.Sprintf("KILL %d", id)); err != nil {
+		t.Fatal(err)
+	}
+	err := <-result
+	elapsed := time.Since(killedAt)
+	if !errors.Is(err, safesync.ErrLockLost) || !fnSawDone.Load() {
+		t.Fatalf("err = %v (fn saw ctx done: %v); want ErrLockLost and a cancelled ctx", err, fnSawDone.Load())
+	}
+	if elapsed > time.Second {
+		t.Fatalf("ErrLockLost came %v after the KILL, want within 1 s", elapsed)
+	}
+	if got := amountOf(t, db, table, 1); got != 0 {
+		t.Fatalf("amount = %d, want 0: the transaction must roll back", got)
+	}
+	if !safesync.DefaultRetryable(err) {
+		t.Fatal("a lock lost before commit should be retryable: the transaction rolled back")
+	}
+}
+
+func TestDeadlockIsRetriedAndBothEffectsLandOnce(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := itemsTable(t, db, 2)
+	var bothHoldFirst sync.WaitGroup
+	bothHoldFirst.Add(2)
+	var deadlocks atomic.Int64
+	policy := safesync.Constant(5 * time.Millisecond).WithMaxAttempts(20).WithMetrics(nil).
+		WithOnRetry(func(e safesync.RetryEvent) {
+			if e.Reason == safesync.ReasonDeadlock {
+				deadlocks.Add(1)
+			}
+		})
+	// transfer touches first then second; the two goroutines use opposite
+	// orders and meet at a barrier on their first attempt, so InnoDB must
+	// pick a victim.
+	transfer := func(first, second int64) safesync.Func[struct{}] {
+		var once sync.Once
+		return safesync.Retry(policy, safesync.WithTx(db, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+			if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = amount + 1 WHERE id = ?", first); err != nil {
+				return err
+			}
+			once.Do(func() { bothHoldFirst.Done(); bothHoldFirst.Wait() })
+			_, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = amount + 1 WHERE id = ?", second)
+			return err
+		})))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, order := range [][2]int64{{1, 2}, {2, 1}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = transfer(order[0], order[1])(context.Background())
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if deadlocks.Load() < 1 {
+		t.Fatal("no deadlock happened; the test did not exercise the retry")
+	}
+	if a, b := amountOf(t, db, table, 1), amountOf(t, db, table, 2); a != 2 || b != 2 {
+		t.Fatalf("amounts = %d, %d; want 2 and 2: each transaction applied exactly once", a, b)
+	}
+}
+
+func TestConnectionKilledMidTransactionIsRetriedAsANewTransaction(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := itemsTable(t, db, 1)
+	attempts := 0
+	var reasons []string
+	policy := safesync.Constant(10 * time.Millisecond).WithMetrics(nil).
+		WithOnRetry(func(e safesync.RetryEvent) { reasons = append(reasons, e.Reason) })
+	_, err := safesync.Retry(policy, safesync.WithTx(db, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+		attempts++
+		if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = amount + 1 WHERE id = 1"); err != nil {
+			return err
+		}
+		if attempts == 1 {
+			id, err := safesync.Get[int64](ctx, tx, "SELECT CONNECTION_ID()")
+			if err != nil {
+				return err
+			}
+			if _, err := db.ExecContext(ctx, fmt.Sprintf("KILL %d", id)); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET name = 'done' WHERE id = 1")
+		return err
+	})))(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 || len(reasons) != 1 || reasons[0] != safesync.ReasonConnection {
+		t.Fatalf("attempts = %d, retry reasons = %v; want 2 attempts, one connection retry", attempts, reasons)
+	}
+	if got := amountOf(t, db, table, 1); got != 1 {
+		t.Fatalf("amount = %d, want 1: the killed attempt rolled back", got)
+	}
+}

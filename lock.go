@@ -1,0 +1,333 @@
+package safesync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Key names a row by column values: Key{"id": 7}, or several columns for a
+// composite key. Columns are always put into SQL in sorted order, quoted;
+// values are always bound parameters.
+type Key map[string]any
+
+var (
+	// ErrNotFound is returned by WithRowLock when no row has the key.
+	ErrNotFound = errors.New("safesync: row not found")
+
+	// ErrEmptyKey is returned, before any SQL runs, for a Key with no
+	// columns.
+	ErrEmptyKey = errors.New("safesync: empty key")
+
+	// ErrRowLocked is returned by WithRowLock with NoWait or SkipLocked when
+	// another transaction holds the row. The default retry classifier
+	// treats it like a lock wait timeout.
+	ErrRowLocked = errors.New("safesync: row is locked by another transaction")
+
+	// ErrLockTimeout is matched by every *LockTimeoutError.
+	ErrLockTimeout = errors.New("safesync: lock timeout")
+
+	// ErrLockFailed is returned when GET_LOCK answers NULL: the server
+	// reported an error taking the lock (not a timeout).
+	ErrLockFailed = errors.New("safesync: GET_LOCK failed (NULL result)")
+
+	// ErrLockLost is returned when an advisory lock stopped being held
+	// while the work it protected ran: its connection died or another
+	// session holds it now. The transaction is rolled back.
+	ErrLockLost = errors.New("safesync: advisory lock lost")
+)
+
+// LockTimeoutError reports that an advisory lock was not granted within
+// its timeout.
+type LockTimeoutError struct {
+	Name    string        // the lock name
+	Timeout time.Duration // how long GET_LOCK waited
+}
+
+// Error implements error.
+func (e *LockTimeoutError) Error() string {
+	return fmt.Sprintf("safesync: advisory lock %q not acquired within %v", e.Name, e.Timeout)
+}
+
+// Is reports whether target is ErrLockTimeout.
+func (e *LockTimeoutError) Is(target error) bool { return target == ErrLockTimeout }
+
+// keyClause validates key and returns "`a` = ? AND `b` = ?" with the
+// values in the same (sorted) column order.
+func keyClause(key Key) (string, []any, error) {
+	if len(key) == 0 {
+		return "", nil, ErrEmptyKey
+	}
+	cols := make([]string, 0, len(key))
+	for c := range key {
+		cols = append(cols, c)
+	}
+	slices.Sort(cols)
+	quoted, err := quoteIdentifiers(cols)
+	if err != nil {
+		return "", nil, err
+	}
+	parts := make([]string, len(cols))
+	args := make([]any, len(cols))
+	for i, c := range cols {
+		if key[c] == nil {
+			return "", nil, fmt.Errorf("safesync: key column %q is nil; NULL never equals anything", c)
+		}
+		parts[i] = quoted[i] + " = ?"
+		args[i] = key[c]
+	}
+	return strings.Join(parts, " AND "), args, nil
+}
+
+// RowLockOption configures WithRowLock.
+type RowLockOption func(*rowLockConfig)
+
+type rowLockConfig struct {
+	suffix string
+}
+
+// NoWait makes the lock fail at once with ErrRowLocked instead of waiting
+// when another transaction holds the row (FOR UPDATE NOWAIT).
+func NoWait() RowLockOption { return func(c *rowLockConfig) { c.suffix = " NOWAIT" } }
+
+// SkipLocked makes the lock skip a row another transaction holds (FOR
+// UPDATE SKIP LOCKED); WithRowLock then returns ErrRowLocked without
+// calling fn. It tells a held row from a missing one with one more,
+// non-locking read.
+func SkipLocked() RowLockOption { return func(c *rowLockConfig) { c.suffix = " SKIP LOCKED" } }
+
+// WithRowLock returns a TxFunc that locks one row with
+// SELECT * FROM table WHERE key… FOR UPDATE, scans it into a T (see Get for
+// the mapping) and calls fn with it. The lock is held until the enclosing
+// transaction ends. A missing row is ErrNotFound and fn is not called.
+//
+// The table and key columns are validated and quoted and the key values
+// bound; an empty key or a bad identifier is an error returned before any
+// SQL runs. fn receives the ctx and tx the TxFunc was called with. T can
+// usually be inferred from fn; write WithRowLock[Order] when it cannot.
+// WithRowLock panics if fn is nil.
+func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, tx *Tx, row T) (R, error), opts ...RowLockOption) TxFunc[R] {
+	if fn == nil {
+		panic("safesync: WithRowLock with nil fn")
+	}
+	var cfg rowLockConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	quotedTable, err := QuoteIdentifier(table)
+	where, args, kerr := keyClause(key)
+	if err == nil {
+		err = kerr
+	}
+	query := "SELECT * FROM " + quotedTable + " WHERE " + where + " FOR UPDATE" + cfg.suffix
+	return func(ctx context.Context, tx *Tx) (R, error) {
+		var zero R
+		if err != nil {
+			return zero, err
+		}
+		start := time.Now()
+		row, lerr := Get[T](ctx, tx, query, args...)
+		switch {
+		case lerr == nil:
+			tx.metrics.observeLockAcquire(strategyRow, time.Since(start))
+		case errors.Is(lerr, sql.ErrNoRows):
+			if cfg.suffix == " SKIP LOCKED" {
+				exists, xerr := Get[int64](ctx, tx, "SELECT COUNT(*) FROM "+quotedTable+" WHERE "+where, args...)
+				if xerr != nil {
+					return zero, xerr
+				}
+				if exists > 0 {
+					tx.metrics.countLockTimeout(strategyRow)
+					return zero, fmt.Errorf("%w: %s %v (skipped)", ErrRowLocked, table, key)
+				}
+			}
+			return zero, fmt.Errorf("%w: %s %v", ErrNotFound, table, key)
+		case isLockWaitError(lerr):
+			tx.metrics.countLockTimeout(strategyRow)
+			if cfg.suffix == " NOWAIT" {
+				return zero, fmt.Errorf("%w: %s %v: %w", ErrRowLocked, table, key, lerr)
+			}
+			return zero, lerr
+		default:
+			return zero, lerr
+		}
+		return fn(ctx, tx, row)
+	}
+}
+
+// isLockWaitError reports a lock wait timeout (1205) or a NOWAIT refusal
+// (MySQL 3572; MariaDB reports 1205).
+func isLockWaitError(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
+}
+
+// MaxLockNameLength is the longest advisory lock name accepted, MySQL's
+// limit (MariaDB accepts longer names; refusing them keeps code portable).
+const MaxLockNameLength = 64
+
+// DefaultLockCheckInterval is how often a held advisory lock is checked
+// for loss while fn runs.
+const DefaultLockCheckInterval = 200 * time.Millisecond
+
+// AdvisoryLockOption configures WithAdvisoryLock.
+type AdvisoryLockOption func(*advisoryConfig)
+
+type advisoryConfig struct {
+	checkInterval time.Duration
+}
+
+// LockCheckInterval sets how often the lock is checked while fn runs
+// (DefaultLockCheckInterval when not given). Each check is one short query
+// on another pooled connection; fns shorter than the interval cause none.
+func LockCheckInterval(d time.Duration) AdvisoryLockOption {
+	return func(c *advisoryConfig) { c.checkInterval = d }
+}
+
+func validateLockName(name string, timeout time.Duration) error {
+	switch {
+	case name == "":
+		return errors.New("safesync: advisory lock name is empty")
+	case utf8.RuneCountInString(name) > MaxLockNameLength:
+		return fmt.Errorf("safesync: advisory lock name %q is longer than %d characters", name, MaxLockNameLength)
+	case timeout < 0:
+		return fmt.Errorf("safesync: advisory lock %q: negative timeout %v", name, timeout)
+	}
+	return nil
+}
+
+// WithAdvisoryLock returns a TxFunc that takes the named advisory lock with
+// GET_LOCK(name, timeout) on the transaction's own connection and then calls
+// fn. The lock is held across COMMIT and released with RELEASE_LOCK on that
+// same connection after the transaction ends, committed or rolled back,
+// before the connection returns to the pool. If the release fails the
+// connection is closed, which frees the lock on the server.
+//
+// A timeout is a *LockTimeoutError (errors.Is(err, ErrLockTimeout)); a NULL
+// answer is ErrLockFailed. A name over MaxLockNameLength characters, an
+// empty name or a negative timeout is an error before any SQL runs.
+//
+// fn receives a ctx derived from the TxFunc's that is cancelled when the
+// lock is lost (its connection dies, or IS_USED_LOCK(name) no longer names
+// this connection), checked every LockCheckInterval; the TxFunc then
+// returns ErrLockLost (joined with fn's error) and the transaction rolls
+// back. A loss found only at release, after COMMIT, is reported as
+// ErrLockLost wrapped in ErrAfterCommit. WithAdvisoryLock panics if fn is
+// nil.
+func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], opts ...AdvisoryLockOption) TxFunc[R] {
+	if fn == nil {
+		panic("safesync: WithAdvisoryLock with nil fn")
+	}
+	cfg := advisoryConfig{checkInterval: DefaultLockCheckInterval}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	nameErr := validateLockName(name, timeout)
+	if nameErr == nil && cfg.checkInterval <= 0 {
+		nameErr = fmt.Errorf("safesync: advisory lock %q: LockCheckInterval must be positive", name)
+	}
+	return func(ctx context.Context, tx *Tx) (R, error) {
+		var zero R
+		if nameErr != nil {
+			return zero, nameErr
+		}
+		start := time.Now()
+		var got sql.NullInt64
+		var connID int64
+		err := tx.QueryRowContext(ctx, "SELECT GET_LOCK(?, ?), CONNECTION_ID()", name, timeout.Seconds()).Scan(&got, &connID)
+		switch {
+		case err != nil:
+			return zero, fmt.Errorf("safesync: advisory lock %q: %w", name, err)
+		case !got.Valid:
+			return zero, fmt.Errorf("%w: lock %q", ErrLockFailed, name)
+		case got.Int64 != 1:
+			tx.metrics.countLockTimeout(strategyAdvisory)
+			return zero, &LockTimeoutError{Name: name, Timeout: timeout}
+		}
+		tx.metrics.observeLockAcquire(strategyAdvisory, time.Since(start))
+		tx.AfterEnd(func(ctx context.Context, conn *sql.Conn, _ bool) error {
+			return releaseAdvisoryLock(ctx, conn, tx.metrics, name)
+		})
+
+		lockCtx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := watchAdvisoryLock(lockCtx, tx, name, connID, cfg.checkInterval, cancel)
+		result, err := fn(lockCtx, tx)
+		stop()
+		if cause := context.Cause(lockCtx); errors.Is(cause, ErrLockLost) {
+			if ctx.Err() == nil && errors.Is(err, context.Canceled) {
+				err = nil // fn only reported the cancellation the loss caused
+			}
+			return zero, errors.Join(cause, err)
+		}
+		if isConnectionError(err) {
+			// The lock lived and died with this connection.
+			tx.metrics.countLockLost(strategyAdvisory)
+			return zero, errors.Join(fmt.Errorf("%w: %q: its connection failed", ErrLockLost, name), err)
+		}
+		return result, err
+	}
+}
+
+// releaseAdvisoryLock runs RELEASE_LOCK on the lock's own connection. Any
+// answer but 1 means the lock was not ours any more.
+func releaseAdvisoryLock(ctx context.Context, conn *sql.Conn, m *Metrics, name string) error {
+	var released sql.NullInt64
+	if err := conn.QueryRowContext(ctx, "SELECT RELEASE_LOCK(?)", name).Scan(&released); err != nil {
+		return fmt.Errorf("safesync: release advisory lock %q: %w", name, err)
+	}
+	if !released.Valid || released.Int64 != 1 {
+		m.countLockLost(strategyAdvisory)
+		return fmt.Errorf("%w: %q was not held by this connection at release", ErrLockLost, name)
+	}
+	return nil
+}
+
+// watchAdvisoryLock checks every interval, on another pooled connection,
+// that connID still holds the lock, and cancels with ErrLockLost when it
+// does not. stop ends the watch and waits for it.
+func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, interval time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+			checkCtx, cancelCheck := context.WithTimeout(ctx, interval+time.Second)
+			var holder sql.NullInt64
+			err := tx.db.QueryRowContext(checkCtx, "SELECT IS_USED_LOCK(?)", name).Scan(&holder)
+			cancelCheck()
+			if err != nil {
+				continue // cannot tell; the transaction's own statements will fail if the server is gone
+			}
+			if !holder.Valid || holder.Int64 != connID {
+				tx.metrics.countLockLost(strategyAdvisory)
+				who := "nobody"
+				if holder.Valid {
+					who = fmt.Sprintf("connection %d", holder.Int64)
+				}
+				cancel(fmt.Errorf("%w: %q is held by %s, not connection %d", ErrLockLost, name, who, connID))
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}

@@ -1,0 +1,287 @@
+package safesync
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-sql-driver/mysql"
+)
+
+// ErrRetriesExhausted is matched by a *RetryError when the policy's attempt
+// or time budget ran out while the error was still retryable.
+var ErrRetriesExhausted = errors.New("safesync: retries exhausted")
+
+// RetryError is what a Func built by Retry returns when it fails: how many
+// attempts ran and the last attempt's error, which it wraps.
+type RetryError struct {
+	Attempts  int   // attempts run, at least 1
+	Err       error // the last attempt's error
+	Exhausted bool  // the policy's budget ran out while Err was retryable
+}
+
+// Error implements error.
+func (e *RetryError) Error() string {
+	plural := "s"
+	if e.Attempts == 1 {
+		plural = ""
+	}
+	if e.Exhausted {
+		return fmt.Sprintf("safesync: retries exhausted after %d attempt%s: %v", e.Attempts, plural, e.Err)
+	}
+	return fmt.Sprintf("safesync: failed after %d attempt%s: %v", e.Attempts, plural, e.Err)
+}
+
+// Unwrap returns the last attempt's error.
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrRetriesExhausted and the budget ran out.
+func (e *RetryError) Is(target error) bool { return target == ErrRetriesExhausted && e.Exhausted }
+
+// Classifier decides whether an error deserves another attempt, and names
+// the reason (a metric label value: keep the set small and fixed).
+type Classifier func(err error) (reason string, retry bool)
+
+// Retry reasons given by DefaultClassifier.
+const (
+	ReasonConflict   = "conflict"   // ErrConflict: an optimistic update lost the race
+	ReasonDeadlock   = "deadlock"   // MySQL error 1213
+	ReasonLockWait   = "lock_wait"  // MySQL 1205 or 3572, ErrRowLocked
+	ReasonLockLost   = "lock_lost"  // ErrLockLost before COMMIT: rolled back
+	ReasonConnection = "connection" // the connection failed where nothing can have been committed
+)
+
+// DefaultClassifier retries what a new transaction can fix and nothing
+// else:
+//
+//   - ErrConflict, deadlocks (1213), lock wait timeouts (1205, and NOWAIT
+//     refusals: 3572, ErrRowLocked), and ErrLockLost before COMMIT;
+//   - connection failures that cannot have committed anything: a statement
+//     never sent (driver.ErrBadConn), a failed dial, or a connection lost
+//     inside a WithTx transaction before COMMIT was sent (the server rolls
+//     such a transaction back).
+//
+// It never retries ctx cancellation or deadline, an unknown commit outcome
+// (ErrCommitUnknown), a failure after a successful commit (ErrAfterCommit),
+// ErrNestedTx, or anything it does not recognise.
+func DefaultClassifier(err error) (reason string, retry bool) {
+	switch {
+	case err == nil,
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, ErrCommitUnknown), errors.Is(err, ErrAfterCommit), errors.Is(err, ErrNestedTx):
+		return "", false
+	case errors.Is(err, ErrConflict):
+		return ReasonConflict, true
+	case mysqlErrorNumber(err) == 1213:
+		return ReasonDeadlock, true
+	case errors.Is(err, ErrRowLocked), isLockWaitError(err):
+		return ReasonLockWait, true
+	case errors.Is(err, ErrLockLost):
+		return ReasonLockLost, true
+	case errors.Is(err, driver.ErrBadConn), isDialError(err), rolledBackOnConnectionLoss(err):
+		return ReasonConnection, true
+	}
+	return "", false
+}
+
+// DefaultRetryable reports whether DefaultClassifier would retry err.
+func DefaultRetryable(err error) bool {
+	_, retry := DefaultClassifier(err)
+	return retry
+}
+
+func mysqlErrorNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// isConnectionError reports an error that means the connection itself
+// failed, whatever was or was not sent on it.
+func isConnectionError(err error) bool {
+	switch mysqlErrorNumber(err) {
+	case 1053, 1927: // server shutdown in progress; connection was killed (MariaDB)
+		return true
+	}
+	var netErr net.Error
+	return errors.Is(err, mysql.ErrInvalidConn) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, sql.ErrConnDone) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, io.EOF) || (errors.As(err, &netErr) && !isTimeout(netErr))
+}
+
+func isTimeout(err net.Error) bool { return err.Timeout() }
+
+// rolledBackError marks a connection failure inside a WithTx transaction
+// before COMMIT was sent: the server rolls the transaction back, so a new
+// attempt cannot apply the work twice.
+type rolledBackError struct{ err error }
+
+func (e *rolledBackError) Error() string { return e.err.Error() }
+func (e *rolledBackError) Unwrap() error { return e.err }
+
+func rolledBackOnConnectionLoss(err error) bool {
+	var rb *rolledBackError
+	return errors.As(err, &rb)
+}
+
+// RetryEvent describes one retry, for RetryPolicy.OnRetry.
+type RetryEvent struct {
+	Attempt int           // the attempt that failed, from 1
+	Err     error         // its error
+	Reason  string        // the classifier's reason
+	Wait    time.Duration // the pause before the next attempt
+}
+
+// RetryPolicy says when and how often Retry runs another attempt. Build one
+// with Constant, Exponential, Backoff or FromBackOff and refine it with the
+// With methods; a RetryPolicy is a value, safe to share and to copy.
+type RetryPolicy struct {
+	newBackOff  func() backoff.BackOff
+	maxAttempts int
+	maxElapsed  time.Duration
+	classify    Classifier
+	onRetry     func(RetryEvent)
+	metrics     *Metrics
+	hasMetrics  bool
+}
+
+// DefaultMaxAttempts bounds a RetryPolicy that was not given WithMaxAttempts.
+const DefaultMaxAttempts = 10
+
+// Constant waits the same interval between attempts.
+func Constant(interval time.Duration) RetryPolicy {
+	return FromBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(interval) })
+}
+
+// Exponential waits initial, then doubles the wait up to max, each wait
+// randomised by ±50% (jitter) so that competing workers spread out.
+func Exponential(initial, max time.Duration) RetryPolicy {
+	return FromBackOff(func() backoff.BackOff {
+		b := &backoff.ExponentialBackOff{
+			InitialInterval:     initial,
+			RandomizationFactor: 0.5,
+			Multiplier:          2,
+			MaxInterval:         max,
+			Stop:                backoff.Stop,
+			Clock:               backoff.SystemClock,
+		}
+		b.Reset()
+		return b
+	})
+}
+
+// Backoff is Exponential from initial up to 100×initial, with at most
+// maxAttempts attempts.
+func Backoff(initial time.Duration, maxAttempts int) RetryPolicy {
+	return Exponential(initial, 100*initial).WithMaxAttempts(maxAttempts)
+}
+
+// FromBackOff builds a policy on any backoff/v4 BackOff; newBackOff is
+// called once per Retry call, so stateful BackOffs are never shared. A
+// BackOff that returns backoff.Stop ends the retries.
+func FromBackOff(newBackOff func() backoff.BackOff) RetryPolicy {
+	return RetryPolicy{newBackOff: newBackOff, maxAttempts: DefaultMaxAttempts, classify: DefaultClassifier}
+}
+
+// WithMaxAttempts bounds the number of attempts, the first included.
+func (p RetryPolicy) WithMaxAttempts(n int) RetryPolicy { p.maxAttempts = n; return p }
+
+// WithMaxElapsed stops retrying when the next wait would end more than d
+// after the first attempt started.
+func (p RetryPolicy) WithMaxElapsed(d time.Duration) RetryPolicy { p.maxElapsed = d; return p }
+
+// WithClassifier replaces DefaultClassifier. Wrap it to extend it.
+func (p RetryPolicy) WithClassifier(c Classifier) RetryPolicy { p.classify = c; return p }
+
+// WithOnRetry calls fn before each wait. fn runs on the retrying
+// goroutine; keep it short.
+func (p RetryPolicy) WithOnRetry(fn func(RetryEvent)) RetryPolicy { p.onRetry = fn; return p }
+
+// WithMetrics counts retries by reason in m instead of DefaultMetrics();
+// nil counts nothing.
+func (p RetryPolicy) WithMetrics(m *Metrics) RetryPolicy { p.metrics, p.hasMetrics = m, true; return p }
+
+func (p RetryPolicy) validate() error {
+	switch {
+	case p.newBackOff == nil:
+		return errors.New("safesync: RetryPolicy has no backoff; build it with Constant, Exponential, Backoff or FromBackOff")
+	case p.maxAttempts < 1:
+		return fmt.Errorf("safesync: RetryPolicy max attempts %d, want at least 1", p.maxAttempts)
+	case p.maxElapsed < 0:
+		return fmt.Errorf("safesync: RetryPolicy negative max elapsed time %v", p.maxElapsed)
+	case p.classify == nil:
+		return errors.New("safesync: RetryPolicy has a nil classifier")
+	}
+	return nil
+}
+
+// Retry returns a Func that calls f, and calls it again after a pause
+// while it fails with an error the policy's classifier calls retryable and
+// the policy's budget lasts. Because f is a Func, each attempt is a whole
+// new transaction: a retry never happens inside one.
+//
+// ctx is passed to every attempt and bounds the pauses: when it ends, Retry
+// stops at once. Every failure is a *RetryError carrying the number of
+// attempts and wrapping the last error (and ctx's error, if ctx ended).
+// Retry panics if f is nil or the policy is invalid.
+func Retry[T any](p RetryPolicy, f Func[T]) Func[T] {
+	if f == nil {
+		panic("safesync: Retry with nil Func")
+	}
+	if err := p.validate(); err != nil {
+		panic(err.Error())
+	}
+	if !p.hasMetrics {
+		p.metrics = DefaultMetrics()
+	}
+	return func(ctx context.Context) (T, error) {
+		var zero T
+		b := p.newBackOff()
+		start := time.Now()
+		for attempt := 1; ; attempt++ {
+			v, err := f(ctx)
+			if err == nil {
+				return v, nil
+			}
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				if !errors.Is(err, ctxErr) {
+					err = errors.Join(err, ctxErr)
+				}
+				return zero, &RetryError{Attempts: attempt, Err: err}
+			}
+			reason, retry := p.classify(err)
+			if !retry {
+				return zero, &RetryError{Attempts: attempt, Err: err}
+			}
+			wait := b.NextBackOff()
+			if attempt >= p.maxAttempts || wait == backoff.Stop ||
+				(p.maxElapsed > 0 && time.Since(start)+wait > p.maxElapsed) {
+				return zero, &RetryError{Attempts: attempt, Err: err, Exhausted: true}
+			}
+			p.metrics.countRetry(reason)
+			if p.onRetry != nil {
+				p.onRetry(RetryEvent{Attempt: attempt, Err: err, Reason: reason, Wait: wait})
+			}
+			timer := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return zero, &RetryError{Attempts: attempt, Err: errors.Join(err, ctx.Err())}
+			case <-timer.C:
+			}
+		}
+	}
+}
