@@ -50,6 +50,21 @@
 //   - Table and column names are validated and backtick-quoted in one
 //     place (QuoteIdentifier); values are always bound parameters.
 //
+// # Locks, optimistic updates, idempotent inserts
+//
+// WithRowLock locks one row with SELECT … FOR UPDATE (NoWait and SkipLocked
+// available) and hands it to fn. WithAdvisoryLock takes a named GET_LOCK on
+// the transaction's own connection, holds it across COMMIT and releases it
+// on that connection before the connection returns to the pool; fn's ctx
+// is cancelled if the lock is lost. OCC runs one optimistic attempt and
+// reports a moved version as ErrConflict; InsertIdempotent treats only
+// MySQL error 1062 as a duplicate. Retry decides, with DefaultClassifier,
+// which failures a new transaction can fix:
+//
+//	job := safesync.WithTx(db, safesync.WithAdvisoryLock("user:7", 5*time.Second,
+//		safesync.WithRowLock("orders", safesync.Key{"id": orderID}, process)))
+//	res, err := safesync.Retry(safesync.Backoff(10*time.Millisecond, 20), job)(ctx)
+//
 // # Metrics
 //
 // Metrics keeps the original framework's metric names

@@ -34,7 +34,7 @@ func itemsTable(t *testing.T, db *sql.DB, n int) string {
 	return table
 }
 
-func amountOf(t *testing.T, db *sql.DB, table string, id int64) int64 {
+func amountOf(t testing.TB, db *sql.DB, table string, id int64) int64 {
 	t.Helper()
 	v, err := safesync.Get[int64](context.Background(), db, "SELECT amount FROM `"+table+"` WHERE id = ?", id)
 	if err != nil {
@@ -43,7 +43,7 @@ func amountOf(t *testing.T, db *sql.DB, table string, id int64) int64 {
 	return v
 }
 
-func countRows(t *testing.T, db *sql.DB, table string) int64 {
+func countRows(t testing.TB, db *sql.DB, table string) int64 {
 	t.Helper()
 	n, err := safesync.Get[int64](context.Background(), db, "SELECT COUNT(*) FROM `"+table+"`")
 	if err != nil {
