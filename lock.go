@@ -121,12 +121,8 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 	for _, o := range opts {
 		o(&cfg)
 	}
-	quotedTable, err := QuoteIdentifier(table)
-	where, args, kerr := keyClause(key)
-	if err == nil {
-		err = kerr
-	}
-	query := "SELECT * FROM " + quotedTable + " WHERE " + where + " FOR UPDATE" + cfg.suffix
+	query, args, err := rowLockQuery(table, key, cfg.suffix)
+	existsQuery, _, _ := keyedQuery("SELECT COUNT(*)", table, key, "")
 	return func(ctx context.Context, tx *Tx) (R, error) {
 		var zero R
 		if err != nil {
@@ -139,7 +135,7 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 			tx.metrics.observeLockAcquire(strategyRow, time.Since(start))
 		case errors.Is(lerr, sql.ErrNoRows):
 			if cfg.suffix == " SKIP LOCKED" {
-				exists, xerr := Get[int64](ctx, tx, "SELECT COUNT(*) FROM "+quotedTable+" WHERE "+where, args...)
+				exists, xerr := Get[int64](ctx, tx, existsQuery, args...)
 				if xerr != nil {
 					return zero, xerr
 				}
@@ -160,6 +156,25 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 		}
 		return fn(ctx, tx, row)
 	}
+}
+
+// keyedQuery builds "<head> FROM `table` WHERE `k1` = ? AND …<tail>" and
+// its arguments. head and tail are fixed text from this package.
+func keyedQuery(head, table string, key Key, tail string) (string, []any, error) {
+	quotedTable, err := QuoteIdentifier(table)
+	if err != nil {
+		return "", nil, err
+	}
+	where, args, err := keyClause(key)
+	if err != nil {
+		return "", nil, err
+	}
+	return head + " FROM " + quotedTable + " WHERE " + where + tail, args, nil
+}
+
+// rowLockQuery builds the locking read of WithRowLock.
+func rowLockQuery(table string, key Key, suffix string) (string, []any, error) {
+	return keyedQuery("SELECT *", table, key, " FOR UPDATE"+suffix)
 }
 
 // isLockWaitError reports a lock wait timeout (1205) or a NOWAIT refusal

@@ -52,44 +52,11 @@ type Execer interface {
 // empty (the version alone moves) but must not name the version column.
 // An empty versionColumn means DefaultVersionColumn.
 func UpdateVersioned(ctx context.Context, tx Execer, table string, key Key, versionColumn string, version int64, set map[string]any) error {
-	if versionColumn == "" {
-		versionColumn = DefaultVersionColumn
-	}
-	qTable, err := QuoteIdentifier(table)
+	query, args, err := updateVersionedQuery(table, key, versionColumn, version, set)
 	if err != nil {
 		return err
 	}
-	qVersion, err := QuoteIdentifier(versionColumn)
-	if err != nil {
-		return err
-	}
-	where, keyArgs, err := keyClause(key)
-	if err != nil {
-		return err
-	}
-	cols := make([]string, 0, len(set))
-	for c := range set {
-		if strings.EqualFold(c, versionColumn) {
-			return fmt.Errorf("safesync: UpdateVersioned: set names the version column %q, which the update increments itself", c)
-		}
-		cols = append(cols, c)
-	}
-	slices.Sort(cols)
-	qCols, err := quoteIdentifiers(cols)
-	if err != nil {
-		return err
-	}
-	var b strings.Builder
-	args := make([]any, 0, len(cols)+len(keyArgs)+1)
-	b.WriteString("UPDATE " + qTable + " SET ")
-	for i, c := range cols {
-		b.WriteString(qCols[i] + " = ?, ")
-		args = append(args, set[c])
-	}
-	b.WriteString(qVersion + " = " + qVersion + " + 1 WHERE " + where + " AND " + qVersion + " = ?")
-	args = append(append(args, keyArgs...), version)
-
-	res, err := tx.ExecContext(ctx, b.String(), args...)
+	res, err := tx.ExecContext(ctx, query, args...)
 	if err != nil {
 		return err
 	}
@@ -102,6 +69,48 @@ func UpdateVersioned(ctx context.Context, tx Execer, table string, key Key, vers
 		return &ConflictError{Table: table, Key: key, Version: version}
 	}
 	return nil
+}
+
+// updateVersionedQuery builds the statement of UpdateVersioned and its
+// positional arguments: set values in sorted column order, key values in
+// sorted column order, then the version.
+func updateVersionedQuery(table string, key Key, versionColumn string, version int64, set map[string]any) (string, []any, error) {
+	if versionColumn == "" {
+		versionColumn = DefaultVersionColumn
+	}
+	qTable, err := QuoteIdentifier(table)
+	if err != nil {
+		return "", nil, err
+	}
+	qVersion, err := QuoteIdentifier(versionColumn)
+	if err != nil {
+		return "", nil, err
+	}
+	where, keyArgs, err := keyClause(key)
+	if err != nil {
+		return "", nil, err
+	}
+	cols := make([]string, 0, len(set))
+	for c := range set {
+		if strings.EqualFold(c, versionColumn) {
+			return "", nil, fmt.Errorf("safesync: UpdateVersioned: set names the version column %q, which the update increments itself", c)
+		}
+		cols = append(cols, c)
+	}
+	slices.Sort(cols)
+	qCols, err := quoteIdentifiers(cols)
+	if err != nil {
+		return "", nil, err
+	}
+	var b strings.Builder
+	args := make([]any, 0, len(cols)+len(keyArgs)+1)
+	b.WriteString("UPDATE " + qTable + " SET ")
+	for i, c := range cols {
+		b.WriteString(qCols[i] + " = ?, ")
+		args = append(args, set[c])
+	}
+	b.WriteString(qVersion + " = " + qVersion + " + 1 WHERE " + where + " AND " + qVersion + " = ?")
+	return b.String(), append(append(args, keyArgs...), version), nil
 }
 
 // metricsOf returns the transaction's metrics when ex is a *Tx.
@@ -130,15 +139,10 @@ func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Ve
 	if versionColumn == "" {
 		versionColumn = DefaultVersionColumn
 	}
-	qTable, err := QuoteIdentifier(table)
-	where, args, kerr := keyClause(key)
-	if err == nil {
-		err = kerr
-	}
+	query, args, err := keyedQuery("SELECT *", table, key, "")
 	if err == nil {
 		err = ValidateIdentifier(versionColumn)
 	}
-	query := "SELECT * FROM " + qTable + " WHERE " + where
 	return func(ctx context.Context, tx *Tx) (Versioned[T], error) {
 		out := Versioned[T]{Table: table, Key: key, VersionColumn: versionColumn}
 		if err != nil {
