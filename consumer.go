@@ -1,0 +1,291 @@
+package safesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"sync"
+
+	"github.com/redis/rueidis"
+)
+
+// Handler handles one entry. Returning nil acknowledges it. Returning an
+// error leaves it pending, to be redelivered by reclaim until it exceeds
+// MaxDeliveries, unless the error matches ErrPermanent (see Permanent):
+// then the entry is dead-lettered at once. A panic is recovered, counted in
+// handler_panics_total and treated like an error.
+type Handler[T any] func(ctx context.Context, msg Message[T]) error
+
+// BatchHandler handles up to a batch size of entries at once, in stream
+// order. It owns their acknowledgement: it calls Consumer.Ack for the
+// entries it finished (typically after committing their effects) and
+// Consumer.DeadLetter for those it gives up on. Entries it neither acked nor
+// dead-lettered stay pending. Returning an error matching ErrPermanent
+// dead-letters those entries at once; a panic is recovered, counted, and
+// leaves them pending.
+type BatchHandler[T any] func(ctx context.Context, msgs []Message[T]) error
+
+// ConsumerOption configures NewConsumer.
+type ConsumerOption[T any] func(*Consumer[T])
+
+// OrderBy makes the consumer keep per-key order: entries for which key
+// returns the same string never run at the same time, and run in the order
+// they were read, also across reads and across batches of RunBatch. Entries
+// with different keys still run Concurrency at a time. key must be fast and
+// safe for concurrent use. An entry redelivered after a failure runs when
+// it is reclaimed, after later entries of its key that succeeded.
+func OrderBy[T any](key func(Message[T]) string) ConsumerOption[T] {
+	return func(c *Consumer[T]) { c.key = key }
+}
+
+// Consumer reads one stream as one named consumer of a group, and hands
+// decoded entries to handlers (Run, RunBatch, ClaimStale) or to a loop of
+// its own (Next, Messages, Read, with Ack).
+//
+// A Consumer is safe for concurrent use, but only one of Run, RunBatch and
+// ClaimStale runs at a time on it; run several processes (or several
+// Consumers with different names) to scale out. It holds no connection of
+// its own: closing the rueidis client is the caller's business.
+type Consumer[T any] struct {
+	core   *streamCore
+	decode Decoder[T]
+	key    func(Message[T]) string
+
+	nextMu  sync.Mutex
+	buf     []Message[T]
+	bufErrs error
+}
+
+// NewConsumer returns a Consumer of cfg.Stream as cfg.Consumer in cfg.Group
+// that decodes entries with decode. It validates cfg (see
+// StreamConfig.Validate) and sends nothing to Redis: the group is created
+// on first use.
+func NewConsumer[T any](client rueidis.Client, cfg StreamConfig, decode Decoder[T], opts ...ConsumerOption[T]) (*Consumer[T], error) {
+	if client == nil {
+		return nil, errors.New("safesync: NewConsumer with nil client")
+	}
+	if decode == nil {
+		return nil, errors.New("safesync: NewConsumer with nil Decoder")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Consumer[T]{core: newStreamCore(client, cfg.withDefaults()), decode: decode}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Config returns the consumer's configuration with defaults filled in.
+func (c *Consumer[T]) Config() StreamConfig { return c.core.cfg }
+
+// Read returns the next entries for this consumer, at most Count: first the
+// entries still pending under its name from an earlier run, then new ones,
+// waiting up to Block (or until shortly before ctx's deadline) for them. It
+// returns an empty slice when none arrived. Entries that cannot be decoded
+// or have exceeded MaxDeliveries are dead-lettered, not returned; a failure
+// to dead-letter one is returned along with the others.
+//
+// ctx governs the read; cancelling it returns at once with ctx's error.
+// Nothing is acknowledged: call Ack after handling each entry.
+func (c *Consumer[T]) Read(ctx context.Context) ([]Message[T], error) {
+	c.nextMu.Lock()
+	defer c.nextMu.Unlock()
+	if len(c.buf) > 0 || c.bufErrs != nil {
+		msgs, err := c.buf, c.bufErrs
+		c.buf, c.bufErrs = nil, nil
+		return msgs, err
+	}
+	return c.read(ctx, c.core.cfg.Count)
+}
+
+// Next returns the next entry for this consumer, waiting as long as needed.
+// It reads like Read, keeping the rest of a read for later calls. ctx
+// governs the wait: when it ends, Next returns its error. Nothing is
+// acknowledged: call Ack after handling the entry.
+func (c *Consumer[T]) Next(ctx context.Context) (Message[T], error) {
+	c.nextMu.Lock()
+	defer c.nextMu.Unlock()
+	for len(c.buf) == 0 {
+		if err := c.bufErrs; err != nil {
+			c.bufErrs = nil
+			return Message[T]{}, err
+		}
+		if err := ctx.Err(); err != nil {
+			return Message[T]{}, err
+		}
+		c.buf, c.bufErrs = c.read(ctx, c.core.cfg.Count)
+	}
+	msg := c.buf[0]
+	c.buf[0] = Message[T]{}
+	c.buf = c.buf[1:]
+	return msg, nil
+}
+
+// Messages returns an iterator over this consumer's entries, for
+//
+//	for msg, err := range consumer.Messages(ctx) {
+//		if err != nil { … continue }
+//		… handle msg …
+//		consumer.Ack(ctx, msg)
+//	}
+//
+// Each step is a Next. An error (a lost connection, say) is yielded with a
+// zero Message, and the iteration goes on after a short pause that grows
+// while errors repeat, unless the loop breaks. The iteration ends when ctx
+// ends. Nothing is acknowledged by the iterator.
+func (c *Consumer[T]) Messages(ctx context.Context) iter.Seq2[Message[T], error] {
+	return func(yield func(Message[T], error) bool) {
+		var b readBackoff
+		for {
+			msg, err := c.Next(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				if !yield(Message[T]{}, err) || !b.wait(ctx) {
+					return
+				}
+				continue
+			}
+			b.reset()
+			if !yield(msg, nil) {
+				return
+			}
+		}
+	}
+}
+
+// Ack acknowledges msgs (XACK), one command per stream and group among
+// them, and counts them in messages_ack_total. A failure is counted in
+// ack_failures_total and returned; the entries it concerns stay pending.
+// Acknowledging an entry that is no longer pending does nothing. ctx
+// governs the commands. Ack is safe for concurrent use.
+func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	type target struct {
+		stream, group string
+		ids           []string
+	}
+	var targets []target // usually one
+	for _, m := range msgs {
+		i := 0
+		for i < len(targets) && (targets[i].stream != m.Stream || targets[i].group != m.Group) {
+			i++
+		}
+		if i == len(targets) {
+			targets = append(targets, target{stream: m.Stream, group: m.Group, ids: make([]string, 0, len(msgs))})
+		}
+		targets[i].ids = append(targets[i].ids, m.ID)
+	}
+	var errs []error
+	for _, t := range targets {
+		if t.stream == "" || t.group == "" {
+			errs = append(errs, fmt.Errorf("safesync: Ack of entry %s without Stream or Group", t.ids[0]))
+			continue
+		}
+		if _, err := c.core.ack(ctx, t.stream, t.group, t.ids); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, m := range msgs {
+			if m.batch != nil && m.Stream == t.stream && m.Group == t.group {
+				m.batch.markHandled(m.index)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeadLetter moves msg to the dead-letter stream with reason, as the
+// consumer itself does: it adds a copy of the entry's fields with its
+// stream, group, id, reason and delivery count to DeadLetterStream and
+// acknowledges the original, in one MULTI/EXEC (see StreamConfig's
+// DeadLetterStream for Redis Cluster). reason becomes a metric label: use
+// a fixed string such as DeadLetterHandler, never data. ctx governs the
+// commands. It is safe for concurrent use.
+func (c *Consumer[T]) DeadLetter(ctx context.Context, msg Message[T], reason string) error {
+	return c.deadLetter(ctx, msg, reason, nil)
+}
+
+func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason string, cause error) error {
+	if reason == "" {
+		return errors.New("safesync: DeadLetter with empty reason")
+	}
+	err := c.core.moveToDeadLetter(ctx, deadLetterEntry{
+		stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries,
+	}, reason, cause)
+	if err == nil {
+		msg.batch.markHandled(msg.index)
+	}
+	return err
+}
+
+// read reads and decodes; see Read.
+func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error) {
+	raws, err := c.core.read(ctx, count)
+	if err != nil {
+		return nil, err
+	}
+	return c.prepare(ctx, raws)
+}
+
+// prepare turns raw entries into messages. Entries past MaxDeliveries and
+// entries that cannot be decoded are dead-lettered instead; failures to
+// do so are returned joined, and those entries stay pending.
+func (c *Consumer[T]) prepare(ctx context.Context, raws []rawEntry) ([]Message[T], error) {
+	if len(raws) == 0 {
+		return nil, nil
+	}
+	cfg := &c.core.cfg
+	msgs := make([]Message[T], 0, len(raws))
+	var errs []error
+	for _, r := range raws {
+		if r.deliveries > cfg.MaxDeliveries {
+			err := c.core.moveToDeadLetter(ctx, deadLetterEntry{
+				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
+			}, DeadLetterMaxDeliveries, fmt.Errorf("delivered %d times, more than MaxDeliveries %d", r.deliveries, cfg.MaxDeliveries))
+			errs = append(errs, err)
+			continue
+		}
+		v, err := c.decode(r.fields)
+		if err != nil {
+			derr := &DecodeError{Stream: cfg.Stream, ID: r.id, Err: err}
+			errs = append(errs, c.core.moveToDeadLetter(ctx, deadLetterEntry{
+				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
+			}, DeadLetterDecode, derr))
+			continue
+		}
+		msgs = append(msgs, Message[T]{
+			ID: r.id, Stream: cfg.Stream, Group: cfg.Group,
+			Value: v, Fields: r.fields, Deliveries: r.deliveries,
+		})
+	}
+	return msgs, errors.Join(errs...)
+}
+
+// batchState records which entries of one RunBatch call the handler
+// acknowledged or dead-lettered itself.
+type batchState struct {
+	mu      sync.Mutex
+	handled []bool
+}
+
+func (b *batchState) markHandled(i int) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.handled[i] = true
+	b.mu.Unlock()
+}
+
+func (b *batchState) isHandled(i int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.handled[i]
+}

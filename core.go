@@ -1,0 +1,341 @@
+package safesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// ackTimeout bounds an acknowledgement or dead-letter move that runs after
+// the consumer's ctx ended, so that shutdown cannot hang on a dead server.
+const ackTimeout = 10 * time.Second
+
+// streamCore is the part of a Consumer that does not depend on T: the
+// group, the read position, acknowledgements and dead letters.
+type streamCore struct {
+	client  rueidis.Client
+	cfg     StreamConfig // defaults applied
+	log     *slog.Logger
+	metrics *streamMetrics
+
+	groupMu    sync.Mutex
+	groupReady bool
+
+	readMu sync.Mutex
+	// pendingFrom is the id after which this consumer's own pending entries
+	// are re-read; "" once they all have been, and reads ask for new
+	// entries (">").
+	pendingFrom string
+	// waited is true when the last read of new entries returned none: the
+	// next one blocks at once instead of first trying without BLOCK.
+	waited bool
+
+	running atomic.Bool // Run, RunBatch or ClaimStale is running
+}
+
+// rawEntry is an entry as read, before decoding.
+type rawEntry struct {
+	id         string
+	fields     map[string]string // nil: deleted from the stream while pending
+	deliveries int64
+}
+
+func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
+	return &streamCore{
+		client:      client,
+		cfg:         cfg,
+		log:         cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
+		metrics:     cfg.Metrics.forStream(cfg.Stream, cfg.Group),
+		pendingFrom: "0",
+	}
+}
+
+// ensureGroup creates the group (and the stream) unless this consumer has
+// already seen it exist. BUSYGROUP, the group being there already, is fine.
+func (s *streamCore) ensureGroup(ctx context.Context) error {
+	s.groupMu.Lock()
+	defer s.groupMu.Unlock()
+	if s.groupReady {
+		return nil
+	}
+	cmd := s.client.B().XgroupCreate().Key(s.cfg.Stream).Group(s.cfg.Group).Id(s.cfg.StartID).Mkstream().Build()
+	if err := s.client.Do(ctx, cmd).Error(); err != nil && !rueidis.IsRedisBusyGroup(err) {
+		return fmt.Errorf("safesync: create group %q on %q: %w", s.cfg.Group, s.cfg.Stream, err)
+	}
+	// A dead-letter key of another type would make the move's XADD fail
+	// inside MULTI while its XACK succeeds: refuse to start instead.
+	typ, err := s.client.Do(ctx, s.client.B().Type().Key(s.cfg.DeadLetterStream).Build()).ToString()
+	if err != nil {
+		return fmt.Errorf("safesync: check DeadLetterStream %q: %w", s.cfg.DeadLetterStream, err)
+	}
+	if typ != "none" && typ != "stream" {
+		return fmt.Errorf("safesync: DeadLetterStream %q holds a %s, not a stream", s.cfg.DeadLetterStream, typ)
+	}
+	s.groupReady = true
+	return nil
+}
+
+// read returns up to count entries for this consumer: first its own pending
+// entries (a restarted consumer finishes what it was given), then new ones,
+// waiting up to Block for them, or until shortly before ctx's deadline. It
+// returns no entries and no error when that time passed without any. It is
+// safe for concurrent use.
+//
+// Read latency is recorded only for reads that returned entries without
+// waiting: after a read of new entries that returned some, the next read
+// is sent without BLOCK; only when that one returns nothing is a blocking
+// read sent, and its duration, mostly time spent waiting, is not recorded.
+// While a stream has a backlog every read is of the first kind.
+func (s *streamCore) read(ctx context.Context, count int) ([]rawEntry, error) {
+	if err := s.ensureGroup(ctx); err != nil {
+		return nil, err
+	}
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+
+	if s.pendingFrom != "" {
+		entries, err := s.readOwnPending(ctx, count)
+		if err != nil || len(entries) > 0 {
+			return entries, err
+		}
+	}
+	if !s.waited {
+		start := time.Now()
+		entries, err := s.readNew(ctx, count, 0)
+		if err != nil {
+			return nil, err
+		}
+		if len(entries) > 0 {
+			s.metrics.observeRead(time.Since(start))
+			return entries, nil
+		}
+	}
+	block := blockFor(ctx, s.cfg.Block)
+	if block <= 0 {
+		s.waited = false
+		return nil, nil
+	}
+	entries, err := s.readNew(ctx, count, block)
+	if err != nil {
+		return nil, err
+	}
+	s.waited = len(entries) == 0
+	return entries, nil
+}
+
+// readNew reads entries never delivered to the group (">"), with BLOCK when
+// block > 0. Blocking reads go to rueidis' pool of dedicated connections;
+// cancelling ctx returns at once and closes that connection (entries the
+// server delivered in that instant stay pending under this consumer and
+// are re-read on its next start, or reclaimed).
+func (s *streamCore) readNew(ctx context.Context, count int, block time.Duration) ([]rawEntry, error) {
+	g := s.client.B().Xreadgroup().Group(s.cfg.Group, s.cfg.Consumer).Count(int64(count))
+	var cmd rueidis.Completed
+	if block > 0 {
+		cmd = g.Block(block.Milliseconds()).Streams().Key(s.cfg.Stream).Id(">").Build()
+	} else {
+		cmd = g.Streams().Key(s.cfg.Stream).Id(">").Build()
+	}
+	entries, err := s.parseRead(s.client.Do(ctx, cmd))
+	if err != nil {
+		return nil, err
+	}
+	for i := range entries {
+		entries[i].deliveries = 1
+	}
+	s.metrics.countRead(len(entries))
+	return entries, nil
+}
+
+// readOwnPending re-reads entries delivered to this consumer and not yet
+// acknowledged, after s.pendingFrom. Redis counts this as a delivery; the
+// counts are looked up with XPENDING. Entries deleted from the stream while
+// pending come back without fields and are acknowledged away.
+func (s *streamCore) readOwnPending(ctx context.Context, count int) ([]rawEntry, error) {
+	cmd := s.client.B().Xreadgroup().Group(s.cfg.Group, s.cfg.Consumer).Count(int64(count)).
+		Streams().Key(s.cfg.Stream).Id(s.pendingFrom).Build()
+	entries, err := s.parseRead(s.client.Do(ctx, cmd))
+	if err != nil {
+		return nil, err
+	}
+	if len(entries) == 0 {
+		s.pendingFrom = ""
+		return nil, nil
+	}
+	s.pendingFrom = entries[len(entries)-1].id
+	entries, err = s.withDeliveries(ctx, s.dropDeleted(ctx, entries))
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.countRead(len(entries))
+	if len(entries) > 0 {
+		s.log.Info("safesync: re-read own pending entries", "count", len(entries), "first", entries[0].id)
+	}
+	return entries, nil
+}
+
+func (s *streamCore) parseRead(res rueidis.RedisResult) ([]rawEntry, error) {
+	streams, err := res.AsXRead()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil // BLOCK timed out
+	}
+	if err != nil {
+		return nil, err
+	}
+	xs := streams[s.cfg.Stream]
+	if len(xs) == 0 {
+		return nil, nil
+	}
+	entries := make([]rawEntry, len(xs))
+	for i, x := range xs {
+		entries[i] = rawEntry{id: x.ID, fields: x.FieldValues}
+	}
+	return entries, nil
+}
+
+// dropDeleted acknowledges entries that were deleted from the stream while
+// pending and returns the others.
+func (s *streamCore) dropDeleted(ctx context.Context, entries []rawEntry) []rawEntry {
+	var gone []string
+	kept := entries[:0]
+	for _, e := range entries {
+		if e.fields == nil {
+			gone = append(gone, e.id)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := s.ack(ctx, s.cfg.Stream, s.cfg.Group, gone); err != nil {
+			s.log.Warn("safesync: acknowledge entries deleted from the stream", "ids", gone, "error", err)
+		}
+	}
+	return kept
+}
+
+// withDeliveries fills in the delivery counts of entries pending under this
+// consumer, one XPENDING per entry, pipelined.
+func (s *streamCore) withDeliveries(ctx context.Context, entries []rawEntry) ([]rawEntry, error) {
+	if len(entries) == 0 {
+		return entries, nil
+	}
+	cmds := make(rueidis.Commands, len(entries))
+	for i, e := range entries {
+		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(e.id).End(e.id).Count(1).Build()
+	}
+	for i, res := range s.client.DoMulti(ctx, cmds...) {
+		rows, err := res.ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("safesync: delivery count of %s: %w", entries[i].id, err)
+		}
+		entries[i].deliveries = 1
+		if len(rows) == 1 {
+			if row, err := rows[0].ToArray(); err == nil && len(row) == 4 {
+				if n, err := row[3].AsInt64(); err == nil {
+					entries[i].deliveries = n
+				}
+			}
+		}
+	}
+	return entries, nil
+}
+
+// ack acknowledges ids in one XACK and returns how many were pending. A
+// failure is counted in ack_failures_total and returned.
+func (s *streamCore) ack(ctx context.Context, stream, group string, ids []string) (int64, error) {
+	n, err := s.client.Do(ctx, s.client.B().Xack().Key(stream).Group(group).Id(ids...).Build()).AsInt64()
+	if err != nil {
+		s.metrics.countAckFailure()
+		return 0, fmt.Errorf("safesync: acknowledge %d entries of %q: %w", len(ids), stream, err)
+	}
+	s.metrics.countAcked(n)
+	return n, nil
+}
+
+// ErrConsumerRunning is returned by Run, RunBatch and ClaimStale when one
+// of them is already running on the same Consumer.
+var ErrConsumerRunning = errors.New("safesync: consumer is already running")
+
+// retryable reports whether a failed read or claim is worth retrying:
+// network errors and the Redis errors of a server that is loading, failing
+// over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …) are not.
+func retryable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	re, ok := rueidis.IsRedisErr(err)
+	if !ok {
+		return true
+	}
+	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
+		return true
+	}
+	if _, ok := re.IsRedirect(); ok {
+		return true
+	}
+	code, _, _ := strings.Cut(re.Error(), " ")
+	switch code {
+	case "READONLY", "MASTERDOWN", "BUSY", "NOREPLICAS":
+		return true
+	}
+	return false
+}
+
+// readBackoff is the wait before retrying a failed read or claim: it doubles
+// from 50 ms to 5 s and resets after a success.
+type readBackoff struct{ d time.Duration }
+
+func (b *readBackoff) reset() { b.d = 0 }
+
+// wait sleeps for the next delay or until ctx ends, and reports whether
+// ctx is still live.
+func (b *readBackoff) wait(ctx context.Context) bool {
+	switch {
+	case b.d == 0:
+		b.d = 50 * time.Millisecond
+	case b.d < 5*time.Second:
+		b.d = min(2*b.d, 5*time.Second)
+	}
+	return sleep(ctx, b.d)
+}
+
+// sleep waits for d or until ctx ends, and reports whether ctx is live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// deadlineMargin is how long before ctx's deadline a blocking read is made
+// to end by itself. Redis checks BLOCK timeouts on its timer (10 times a
+// second by default), so a read may block up to about 100 ms past its
+// BLOCK; the rest leaves time for the reply.
+const deadlineMargin = 150 * time.Millisecond
+
+// blockFor returns how long a read may block: block, or less when ctx's
+// deadline comes first, so that the read ends by itself instead of being
+// cut off with an error (which also closes its connection). 0 means do not
+// block.
+func blockFor(ctx context.Context, block time.Duration) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return block
+	}
+	left := time.Until(dl) - deadlineMargin
+	if left < time.Millisecond {
+		return 0
+	}
+	return min(block, left)
+}

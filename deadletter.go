@@ -1,0 +1,218 @@
+package safesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// Dead-letter reasons, the values of the reason field and of the
+// dead_lettered_total metric's reason label.
+const (
+	// DeadLetterDecode: the entry's Decoder failed. Decoding is
+	// deterministic, so the entry is moved on its first delivery.
+	DeadLetterDecode = "decode"
+	// DeadLetterMaxDeliveries: the entry was delivered more than
+	// MaxDeliveries times without being acknowledged.
+	DeadLetterMaxDeliveries = "max_deliveries"
+	// DeadLetterHandler: the handler returned an error matching
+	// ErrPermanent.
+	DeadLetterHandler = "handler"
+)
+
+// Fields a dead-letter entry carries besides the original entry's fields.
+const (
+	DeadLetterFieldStream     = "dead_letter.stream"     // stream the entry came from
+	DeadLetterFieldGroup      = "dead_letter.group"      // group that gave up on it
+	DeadLetterFieldID         = "dead_letter.id"         // its id in that stream
+	DeadLetterFieldReason     = "dead_letter.reason"     // one of the DeadLetter reasons, or the caller's
+	DeadLetterFieldDeliveries = "dead_letter.deliveries" // delivery count when it was moved
+	DeadLetterFieldError      = "dead_letter.error"      // the failure's text, when there was one
+)
+
+// maxDeadLetterErrorLen bounds the error text stored with a dead letter.
+const maxDeadLetterErrorLen = 1024
+
+// ErrPermanent is matched by errors made with Permanent.
+var ErrPermanent = errors.New("safesync: permanent failure")
+
+// PermanentError marks a failure that will not go away by itself (a
+// message that violates a business rule, say): a handler returning it has
+// its entry dead-lettered at once instead of redelivered.
+type PermanentError struct {
+	Err error
+}
+
+// Permanent wraps err so that a consumer moves the entry to the dead-letter
+// stream at once (reason DeadLetterHandler) instead of leaving it pending
+// for redelivery. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}
+
+// Error implements error.
+func (e *PermanentError) Error() string { return "safesync: permanent failure: " + e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrPermanent.
+func (e *PermanentError) Is(target error) bool { return target == ErrPermanent }
+
+// DeadLetterEntry is an entry of a dead-letter stream, as read back by
+// ParseDeadLetter.
+type DeadLetterEntry struct {
+	ID         string            // id in the dead-letter stream
+	Stream     string            // stream the entry came from
+	Group      string            // group that moved it
+	OriginalID string            // its id in Stream
+	Reason     string            // why it was moved
+	Deliveries int64             // its delivery count then
+	Error      string            // the failure's text, if any
+	Fields     map[string]string // the original entry's fields
+}
+
+// ParseDeadLetter splits the fields of a dead-letter entry into the
+// metadata the consumer added and the original entry's fields.
+func ParseDeadLetter(id string, fields map[string]string) DeadLetterEntry {
+	e := DeadLetterEntry{ID: id, Fields: make(map[string]string, len(fields))}
+	for k, v := range fields {
+		switch k {
+		case DeadLetterFieldStream:
+			e.Stream = v
+		case DeadLetterFieldGroup:
+			e.Group = v
+		case DeadLetterFieldID:
+			e.OriginalID = v
+		case DeadLetterFieldReason:
+			e.Reason = v
+		case DeadLetterFieldDeliveries:
+			e.Deliveries, _ = strconv.ParseInt(v, 10, 64)
+		case DeadLetterFieldError:
+			e.Error = v
+		default:
+			e.Fields[k] = v
+		}
+	}
+	return e
+}
+
+// deadLetterEntry is what moveToDeadLetter needs to know of an entry.
+type deadLetterEntry struct {
+	stream, group, id string
+	fields            map[string]string
+	deliveries        int64
+}
+
+// moveToDeadLetter adds a copy of the entry with the reason to the
+// dead-letter stream and acknowledges the original, in one MULTI/EXEC when
+// both keys can be in one transaction (always on a single server; on a
+// cluster when they share a slot), else as XADD then XACK, so that a crash
+// in between duplicates the dead letter rather than losing the entry.
+//
+// Redis does not roll back a transaction whose XADD failed at run time
+// (WRONGTYPE: the dead-letter key holds something else); the entry is then
+// acknowledged but not copied. That case is reported, the XADD is retried
+// alone, and the entry itself remains in its stream until trimmed.
+func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, reason string, cause error) error {
+	dead := s.cfg.DeadLetterStream
+	b := s.client.B().Xadd().Key(dead).Id("*").FieldValue().
+		FieldValue(DeadLetterFieldStream, e.stream).
+		FieldValue(DeadLetterFieldGroup, e.group).
+		FieldValue(DeadLetterFieldID, e.id).
+		FieldValue(DeadLetterFieldReason, reason).
+		FieldValue(DeadLetterFieldDeliveries, strconv.FormatInt(e.deliveries, 10))
+	if cause != nil {
+		b = b.FieldValue(DeadLetterFieldError, truncate(cause.Error(), maxDeadLetterErrorLen))
+	}
+	for k, v := range e.fields {
+		b = b.FieldValue(k, v)
+	}
+	xadd := b.Build()
+	xack := s.client.B().Xack().Key(e.stream).Group(e.group).Id(e.id).Build()
+
+	var err error
+	if s.atomicWith(e.stream, dead) {
+		err = s.execDeadLetter(ctx, xadd, xack, e, dead)
+	} else {
+		if err = s.client.Do(ctx, xadd).Error(); err == nil {
+			err = s.client.Do(ctx, xack).Error()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("safesync: dead-letter entry %s of %q to %q: %w", e.id, e.stream, dead, err)
+	}
+	s.metrics.countDeadLettered(reason)
+	s.log.Warn("safesync: entry dead-lettered", "stream", e.stream, "group", e.group, "id", e.id,
+		"reason", reason, "deliveries", e.deliveries, "error", cause)
+	return nil
+}
+
+func (s *streamCore) execDeadLetter(ctx context.Context, xadd, xack rueidis.Completed, e deadLetterEntry, dead string) error {
+	res := s.client.DoMulti(ctx, s.client.B().Multi().Build(), xadd, xack, s.client.B().Exec().Build())
+	for _, r := range res[:3] {
+		if err := r.Error(); err != nil {
+			return err // not executed: EXEC is discarded or never ran
+		}
+	}
+	replies, err := res[3].ToArray()
+	if err != nil {
+		return err
+	}
+	if len(replies) != 2 {
+		return fmt.Errorf("EXEC returned %d replies, want 2", len(replies))
+	}
+	addErr := replies[0].Error()
+	if addErr == nil {
+		return replies[1].Error()
+	}
+	// The XACK ran although the XADD failed: copy the entry again on its own.
+	retryErr := s.client.Do(ctx, xadd).Error()
+	if retryErr == nil {
+		return nil
+	}
+	return fmt.Errorf("entry acknowledged but not copied to %q (it is still in %q until trimmed): %w",
+		dead, e.stream, errors.Join(addErr, retryErr))
+}
+
+// atomicWith reports whether one MULTI/EXEC may touch both keys.
+func (s *streamCore) atomicWith(a, b string) bool {
+	return s.client.Mode() != rueidis.ClientModeCluster || keySlot(a) == keySlot(b)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}
+
+// keySlot returns the Redis Cluster hash slot of key: CRC16 (XMODEM) of the
+// key, or of its hash tag, the part between the first "{" and the next "}"
+// when that part is not empty, modulo 16384.
+func keySlot(key string) uint16 {
+	if open := strings.IndexByte(key, '{'); open >= 0 {
+		if n := strings.IndexByte(key[open+1:], '}'); n > 0 {
+			key = key[open+1 : open+1+n]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc & 16383
+}

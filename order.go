@@ -1,0 +1,93 @@
+package safesync
+
+import "sync"
+
+// orderer keeps per-key order among units (one entry, or one batch, each
+// holding a concurrency slot). Every key has a lane, the queue of admitted
+// units that contain it, in admission order; a unit runs when it is at the
+// head of all its lanes, so two units sharing a key never overlap and run
+// in the order they were admitted. Admission follows stream order, since
+// one goroutine reads and admits. The earliest unit admitted and not yet
+// finished is always at the head of its lanes, so the orderer never
+// deadlocks.
+type orderer struct {
+	mu      sync.Mutex
+	lanes   map[string][]*unitOrder
+	stopped bool
+}
+
+// unitOrder is a unit's bookkeeping in the orderer.
+type unitOrder struct {
+	keys    []string // distinct keys of the unit's entries
+	blocked int      // lanes in which the unit is not yet at the head
+	started bool
+	payload any // the unit itself, handed back by finish and stop
+}
+
+func newOrderer() *orderer {
+	return &orderer{lanes: map[string][]*unitOrder{}}
+}
+
+// admit queues u in the lanes of its keys and reports whether it may start
+// now. Once stopped, nothing may start.
+func (o *orderer) admit(u *unitOrder) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, k := range u.keys {
+		lane := o.lanes[k]
+		if len(lane) > 0 {
+			u.blocked++
+		}
+		o.lanes[k] = append(lane, u)
+	}
+	if u.blocked == 0 && !o.stopped {
+		u.started = true
+		return true
+	}
+	return false
+}
+
+// finish removes u, which ran, from the heads of its lanes and returns the
+// units that may start now.
+func (o *orderer) finish(u *unitOrder) []*unitOrder {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var ready []*unitOrder
+	for _, k := range u.keys {
+		lane := o.lanes[k]
+		// u is the head of each of its lanes.
+		lane[0] = nil
+		lane = lane[1:]
+		if len(lane) == 0 {
+			delete(o.lanes, k)
+			continue
+		}
+		o.lanes[k] = lane
+		next := lane[0]
+		next.blocked--
+		if next.blocked == 0 && !next.started && !o.stopped {
+			next.started = true
+			ready = append(ready, next)
+		}
+	}
+	return ready
+}
+
+// stop prevents any further start and returns the units admitted but never
+// started, whose slots the caller releases.
+func (o *orderer) stop() []*unitOrder {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.stopped = true
+	seen := map[*unitOrder]bool{}
+	var waiting []*unitOrder
+	for _, lane := range o.lanes {
+		for _, u := range lane {
+			if !u.started && !seen[u] {
+				seen[u] = true
+				waiting = append(waiting, u)
+			}
+		}
+	}
+	return waiting
+}

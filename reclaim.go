@@ -1,0 +1,173 @@
+package safesync
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/puddle/v2"
+	"github.com/redis/rueidis"
+)
+
+// endCursor is the XAUTOCLAIM cursor that ends a scan of the pending list.
+const endCursor = "0-0"
+
+// reclaimLoop scans the group's pending list every ClaimInterval until ctx
+// ends; see Run. It scans at once when now is true, else one interval in,
+// which leaves Run's reader to re-read this consumer's own pending entries
+// first. After each scan it refreshes the pending gauges.
+func (e *engine[T]) reclaimLoop(ctx context.Context, now bool) error {
+	interval := e.core.cfg.ClaimInterval
+	if !now && !sleep(ctx, interval) {
+		return nil
+	}
+	var b readBackoff
+	for {
+		err := e.claimPass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if !retryable(err) {
+				return fmt.Errorf("safesync: reclaim on %q: %w", e.core.cfg.Stream, err)
+			}
+			e.core.log.Warn("safesync: reclaim failed; retrying", "error", err)
+			if !b.wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		b.reset()
+		if err := e.core.refreshPending(ctx); err != nil && ctx.Err() == nil {
+			e.core.log.Warn("safesync: refresh pending gauges", "error", err)
+		}
+		if !sleep(ctx, interval) {
+			return nil
+		}
+	}
+}
+
+// claimPass follows the XAUTOCLAIM cursor from the start of the pending
+// list to its end. Each claim asks for as many entries as there are free
+// slots (waiting for one when none is free), and the next claim follows at
+// once.
+func (e *engine[T]) claimPass(ctx context.Context) error {
+	cursor := endCursor
+	for {
+		first, err := e.slots.Acquire(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		held := append([]*puddle.Resource[struct{}]{first}, e.slots.AcquireAllIdle()...)
+		next, raws, err := e.core.autoclaim(ctx, cursor, len(held)*e.unitSize)
+		if err != nil {
+			for _, s := range held {
+				s.Release()
+			}
+			return err
+		}
+		e.dispatch(ctx, e.prepare(ctx, raws), held)
+		if next == endCursor {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// autoclaim claims up to count entries idle for ClaimIdle from cursor on,
+// and returns the next cursor and the entries with their delivery counts.
+// Entries deleted from the stream while pending (listed by Redis 7 in the
+// reply's third element; returned without fields by Redis 6.2) are
+// acknowledged away.
+func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (string, []rawEntry, error) {
+	cmd := s.client.B().Xautoclaim().Key(s.cfg.Stream).Group(s.cfg.Group).Consumer(s.cfg.Consumer).
+		MinIdleTime(fmt.Sprint(s.cfg.ClaimIdle.Milliseconds())).Start(cursor).Count(int64(count)).Build()
+	reply, err := s.client.Do(ctx, cmd).ToArray()
+	if err != nil {
+		return "", nil, err
+	}
+	if len(reply) < 2 {
+		return "", nil, fmt.Errorf("XAUTOCLAIM returned %d elements", len(reply))
+	}
+	next, err := reply[0].ToString()
+	if err != nil {
+		return "", nil, err
+	}
+	xs, err := reply[1].AsXRange()
+	if err != nil {
+		return "", nil, err
+	}
+	entries := make([]rawEntry, 0, len(xs))
+	for _, x := range xs {
+		entries = append(entries, rawEntry{id: x.ID, fields: x.FieldValues})
+	}
+	if len(reply) > 2 {
+		deleted, err := reply[2].AsStrSlice()
+		if err != nil {
+			return "", nil, err
+		}
+		if len(deleted) > 0 {
+			if _, err := s.ack(ctx, s.cfg.Stream, s.cfg.Group, deleted); err != nil {
+				s.log.Warn("safesync: acknowledge entries deleted from the stream", "ids", deleted, "error", err)
+			}
+		}
+	}
+	entries = s.dropDeleted(ctx, entries)
+	s.metrics.countClaimed(len(entries))
+	if len(entries) > 0 {
+		s.log.Info("safesync: claimed stale entries", "count", len(entries), "first", entries[0].id)
+	}
+	entries, err = s.withDeliveries(ctx, entries)
+	return next, entries, err
+}
+
+// refreshPending sets the pending-entries gauge from the XPENDING summary,
+// and the oldest-pending-age gauge from the idle time of the first pending
+// entry.
+func (s *streamCore) refreshPending(ctx context.Context) error {
+	res := s.client.DoMulti(ctx,
+		s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Build(),
+		s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start("-").End("+").Count(1).Build(),
+	)
+	summary, err := res[0].ToArray()
+	if err != nil {
+		return err
+	}
+	if len(summary) == 0 {
+		return fmt.Errorf("XPENDING returned an empty summary")
+	}
+	count, err := summary[0].AsInt64()
+	if err != nil {
+		return err
+	}
+	rows, err := res[1].ToArray()
+	if err != nil {
+		return err
+	}
+	var idle time.Duration
+	if len(rows) > 0 {
+		idle, err = pendingIdle(rows[0])
+		if err != nil {
+			return err
+		}
+	}
+	s.metrics.setPending(count, idle)
+	return nil
+}
+
+// pendingIdle reads the idle time of one row of extended XPENDING: id,
+// consumer, idle milliseconds, deliveries.
+func pendingIdle(row rueidis.RedisMessage) (time.Duration, error) {
+	fields, err := row.ToArray()
+	if err != nil {
+		return 0, err
+	}
+	if len(fields) != 4 {
+		return 0, fmt.Errorf("XPENDING row has %d fields", len(fields))
+	}
+	ms, err := fields[2].AsInt64()
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
