@@ -1,0 +1,286 @@
+package safesync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime/debug"
+
+	"github.com/redis/rueidis"
+)
+
+// TxHandler applies one stream entry's effects inside the pipeline's
+// transaction. It must do its database work through tx; it may use every
+// TxFunc combinator (WithRowLock, WithAdvisoryLock, OCC, …) by calling it
+// with ctx and tx. Returning an error rolls the transaction back and leaves
+// the entry pending; wrap it with Permanent to dead-letter the entry
+// instead.
+type TxHandler[T any] func(ctx context.Context, tx *Tx, msg Message[T]) error
+
+// Source is the first step of a pipeline: entries and how to decode them.
+// Its only next step is Handle.
+type Source[T any] struct {
+	decode Decoder[T]
+}
+
+// Stream begins a typed pipeline over stream entries decoded with decode
+// (JSON[T]() for the original framework's wire format):
+//
+//	err := safesync.Stream[Order](safesync.JSON[Order]()).
+//		Handle(applyOrder).
+//		AckAfter(safesync.Commit(db)).
+//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "workers", Consumer: host})
+//
+// Stream panics if decode is nil.
+func Stream[T any](decode Decoder[T]) Source[T] {
+	if decode == nil {
+		panic("safesync: Stream with nil Decoder")
+	}
+	return Source[T]{decode: decode}
+}
+
+// Handled is a pipeline with a handler; its only next step is AckAfter,
+// which says when entries are acknowledged.
+type Handled[T any] struct {
+	decode Decoder[T]
+	handle TxHandler[T]
+}
+
+// Handle sets the function that applies each entry. It panics if fn is nil.
+func (s Source[T]) Handle(fn TxHandler[T]) Handled[T] {
+	if fn == nil {
+		panic("safesync: Handle with nil TxHandler")
+	}
+	return Handled[T]{decode: s.decode, handle: fn}
+}
+
+// CommitStage is where a pipeline's handlers run: one transaction on a
+// database, whose successful COMMIT is what allows the acknowledgement.
+type CommitStage struct {
+	db   *sql.DB
+	opts []TxOption
+}
+
+// Commit returns the commit stage that runs handlers inside WithTx(db, …,
+// opts...). It panics if db is nil.
+func Commit(db *sql.DB, opts ...TxOption) CommitStage {
+	if db == nil {
+		panic("safesync: Commit with nil *sql.DB")
+	}
+	return CommitStage{db: db, opts: opts}
+}
+
+// AckAfter completes the pipeline: each entry is acknowledged (XACK) only
+// after the commit stage's COMMIT returned nil, from the transaction's
+// after-commit hook. The result can be refined with Once, Batch, Retry,
+// OrderBy and AfterCommit, then Run.
+func (h Handled[T]) AckAfter(commit CommitStage) Pipeline[T] {
+	if commit.db == nil {
+		panic("safesync: AckAfter with a zero CommitStage; use Commit(db)")
+	}
+	return Pipeline[T]{decode: h.decode, handle: h.handle, commit: commit, batch: 1}
+}
+
+// Pipeline is a complete stream-to-database pipeline. It is a value: each
+// refinement returns a changed copy, and one Pipeline can Run any number
+// of times, also concurrently.
+type Pipeline[T any] struct {
+	decode      Decoder[T]
+	handle      TxHandler[T]
+	commit      CommitStage
+	once        string
+	batch       int
+	retry       *RetryPolicy
+	orderBy     func(Message[T]) string
+	afterCommit func(ctx context.Context, msgs []Message[T])
+}
+
+// Once makes effects exactly-once: in the handler's own transaction, before
+// the handler runs, the entry is recorded in table (see DedupeTableDDL); an
+// entry already recorded by a committed transaction is acknowledged
+// without running the handler again. Without Once, delivery is
+// at-least-once: an entry redelivered after its COMMIT but before its
+// acknowledgement (a crash in between) is applied again. Once panics if
+// table is not a valid identifier.
+func (p Pipeline[T]) Once(table string) Pipeline[T] {
+	if err := ValidateIdentifier(table); err != nil {
+		panic(err.Error())
+	}
+	p.once = table
+	return p
+}
+
+// Batch applies up to n entries in one transaction and acknowledges them
+// together, in one XACK, after its COMMIT. One failing entry does not
+// poison its batch: when entry k's handler fails, the transaction rolls
+// back, k is set aside and the batch runs again without it, until a batch
+// commits; each entry set aside then runs alone, in its own transaction,
+// where it either commits and is acknowledged, is dead-lettered (Permanent
+// errors), or stays pending for reclaim and, after MaxDeliveries, the
+// dead-letter stream. A failure that belongs to no entry (BEGIN, COMMIT)
+// leaves the whole batch pending. Batch panics if n < 1.
+func (p Pipeline[T]) Batch(n int) Pipeline[T] {
+	if n < 1 {
+		panic(fmt.Sprintf("safesync: Batch(%d), want at least 1", n))
+	}
+	p.batch = n
+	return p
+}
+
+// Retry re-runs an entry's (or batch's) whole transaction for errors the
+// policy retries (conflicts, deadlocks, lock waits…), within its budget.
+// When the budget is spent the entry stays pending; reclaim and the
+// dead-letter stream take over.
+func (p Pipeline[T]) Retry(policy RetryPolicy) Pipeline[T] {
+	if err := policy.validate(); err != nil {
+		panic(err.Error())
+	}
+	p.retry = &policy
+	return p
+}
+
+// OrderBy runs entries with the same key one at a time, in stream order
+// (see the consumer option OrderBy).
+func (p Pipeline[T]) OrderBy(key func(Message[T]) string) Pipeline[T] {
+	p.orderBy = key
+	return p
+}
+
+// AfterCommit calls fn with the entries of each transaction after its
+// COMMIT succeeded and before they are acknowledged: the window in which a
+// crash leaves committed entries pending. fn runs on the handler's
+// goroutine and must be quick.
+func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])) Pipeline[T] {
+	p.afterCommit = fn
+	return p
+}
+
+// Run consumes cfg's stream with client until ctx is cancelled, applying
+// entries through the commit stage (see Consumer.RunBatch for reading,
+// reclaim, dead letters, concurrency and shutdown, and StreamConfig for
+// the defaults). It returns nil after ctx is cancelled and every in-flight
+// transaction has committed and been acknowledged or rolled back, and an
+// error for an invalid configuration or a failure Redis will not recover
+// from.
+func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamConfig) error {
+	if p.handle == nil {
+		return errors.New("safesync: Run on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)")
+	}
+	var opts []ConsumerOption[T]
+	if p.orderBy != nil {
+		opts = append(opts, OrderBy(p.orderBy))
+	}
+	c, err := NewConsumer(client, cfg, p.decode, opts...)
+	if err != nil {
+		return err
+	}
+	r := &pipelineRun[T]{p: p, c: c}
+	return c.RunBatch(ctx, p.batch, r.handleBatch)
+}
+
+// pipelineRun is one running Pipeline.
+type pipelineRun[T any] struct {
+	p Pipeline[T]
+	c *Consumer[T]
+}
+
+// entryFailure is a handler failure attributable to one entry of a batch.
+type entryFailure struct {
+	index int
+	err   error
+}
+
+func (e *entryFailure) Error() string { return e.err.Error() }
+func (e *entryFailure) Unwrap() error { return e.err }
+
+// txFor returns the whole unit of work for msgs: one transaction that marks
+// (with Once) and applies each entry in order, then acknowledges all of
+// them after COMMIT; wrapped in the pipeline's Retry policy if it has one.
+func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
+	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
+		for i, msg := range msgs {
+			if r.p.once != "" {
+				fresh, err := MarkApplied(ctx, tx, r.p.once, msg.Group, msg.Stream, msg.ID)
+				if err != nil {
+					return struct{}{}, fmt.Errorf("safesync: record entry %s in %s: %w", msg.ID, r.p.once, err)
+				}
+				if !fresh {
+					continue // applied by an earlier, committed transaction
+				}
+			}
+			if err := callTxHandler(ctx, tx, r.p.handle, msg); err != nil {
+				return struct{}{}, &entryFailure{index: i, err: err}
+			}
+		}
+		tx.AfterCommit(func(ctx context.Context) error {
+			if r.p.afterCommit != nil {
+				r.p.afterCommit(ctx, msgs)
+			}
+			return r.c.Ack(ctx, msgs...)
+		})
+		return struct{}{}, nil
+	}
+	job := WithTx(r.p.commit.db, apply, r.p.commit.opts...)
+	if r.p.retry != nil {
+		job = Retry(*r.p.retry, job)
+	}
+	return job
+}
+
+// callTxHandler runs the handler, turning a panic into an error the
+// consumer counts as a handler panic, after the transaction rolled back.
+func callTxHandler[T any](ctx context.Context, tx *Tx, h TxHandler[T], msg Message[T]) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &panicError{value: p, stack: debug.Stack()}
+		}
+	}()
+	return h(ctx, tx, msg)
+}
+
+// handleBatch applies msgs as described on Pipeline.Batch. The entries it
+// does not acknowledge or dead-letter stay pending; the error it returns
+// says why, for the consumer's log and panic count.
+func (r *pipelineRun[T]) handleBatch(ctx context.Context, msgs []Message[T]) error {
+	pending := msgs
+	var setAside []Message[T]
+	for len(pending) > 1 {
+		_, err := r.txFor(pending)(ctx)
+		if err == nil {
+			pending = nil
+			break
+		}
+		var ef *entryFailure
+		if !errors.As(err, &ef) {
+			return err // not one entry's fault: the whole batch stays pending
+		}
+		setAside = append(setAside, pending[ef.index])
+		pending = append(append([]Message[T](nil), pending[:ef.index]...), pending[ef.index+1:]...)
+	}
+	setAside = append(setAside, pending...)
+
+	var errs []error
+	for _, msg := range setAside {
+		_, err := r.txFor([]Message[T]{msg})(ctx)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ErrPermanent) && !errors.Is(err, ErrAfterCommit) {
+			if dlErr := r.c.DeadLetter(ctx, msg, DeadLetterHandler); dlErr != nil {
+				errs = append(errs, fmt.Errorf("entry %s: dead-letter: %w", msg.ID, dlErr))
+			}
+			continue
+		}
+		errs = append(errs, fmt.Errorf("entry %s: %w", msg.ID, unwrapEntryFailure(err)))
+	}
+	return errors.Join(errs...)
+}
+
+func unwrapEntryFailure(err error) error {
+	var ef *entryFailure
+	if errors.As(err, &ef) {
+		return ef.err
+	}
+	return err
+}
