@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -68,6 +69,48 @@ func MarkApplied(ctx context.Context, tx Execer, table, group, stream, id string
 		return false, err
 	}
 	return InsertIdempotent(ctx, tx, "INSERT INTO "+q+" (consumer_group, stream, entry_id) VALUES (?, ?, ?)", group, stream, id)
+}
+
+// markAppliedAll is MarkApplied for several entries of one transaction,
+// reporting for each whether it is fresh. The common case, no entry seen
+// before, costs one multi-row INSERT; when it meets a duplicate key (MySQL
+// rolls back just that statement) each entry is marked on its own.
+func markAppliedAll[T any](ctx context.Context, tx Execer, table string, msgs []Message[T]) ([]bool, error) {
+	fresh := make([]bool, len(msgs))
+	if len(msgs) > 1 {
+		q, err := QuoteIdentifier(table)
+		if err != nil {
+			return nil, err
+		}
+		var b strings.Builder
+		b.WriteString("INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ")
+		args := make([]any, 0, 3*len(msgs))
+		for i, m := range msgs {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?, ?)")
+			args = append(args, m.Group, m.Stream, m.ID)
+		}
+		_, err = tx.ExecContext(ctx, b.String(), args...)
+		if err == nil {
+			for i := range fresh {
+				fresh[i] = true
+			}
+			return fresh, nil
+		}
+		if mysqlErrorNumber(err) != 1062 {
+			return nil, err
+		}
+	}
+	for i, m := range msgs {
+		ok, err := MarkApplied(ctx, tx, table, m.Group, m.Stream, m.ID)
+		if err != nil {
+			return nil, err
+		}
+		fresh[i] = ok
+	}
+	return fresh, nil
 }
 
 // DefaultPruneBatch is how many rows PruneDedupe deletes per statement.

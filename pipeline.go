@@ -199,15 +199,16 @@ func (e *entryFailure) Unwrap() error { return e.err }
 // them after COMMIT; wrapped in the pipeline's Retry policy if it has one.
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
+		var fresh []bool
+		if r.p.once != "" {
+			var err error
+			if fresh, err = markAppliedAll(ctx, tx, r.p.once, msgs); err != nil {
+				return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
+			}
+		}
 		for i, msg := range msgs {
-			if r.p.once != "" {
-				fresh, err := MarkApplied(ctx, tx, r.p.once, msg.Group, msg.Stream, msg.ID)
-				if err != nil {
-					return struct{}{}, fmt.Errorf("safesync: record entry %s in %s: %w", msg.ID, r.p.once, err)
-				}
-				if !fresh {
-					continue // applied by an earlier, committed transaction
-				}
+			if fresh != nil && !fresh[i] {
+				continue // applied by an earlier, committed transaction
 			}
 			if err := callTxHandler(ctx, tx, r.p.handle, msg); err != nil {
 				return struct{}{}, &entryFailure{index: i, err: err}

@@ -1,0 +1,398 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/rueidis"
+
+	"github.com/safesync-go/safesync"
+)
+
+const (
+	accountsTable = "demo_accounts"
+	appliedTable  = "demo_applied"
+	stream        = "safesync-demo:{orders}"
+	deadStream    = stream + safesync.DeadLetterSuffix
+	group         = "demo"
+)
+
+// order is one message, in the original framework's wire format: field
+// "data" holding {"order_id": …, "account_id": …, "amount": …}.
+type order struct {
+	OrderID   int64 `json:"order_id"`
+	AccountID int64 `json:"account_id"`
+	Amount    int64 `json:"amount"`
+}
+
+// account carries, besides its balance, how many orders were applied to
+// it and the sum of their ids: a lost or doubled order cannot leave all
+// three right, so together they prove exactly-once effects.
+type account struct {
+	ID       int64 `db:"id"`
+	Balance  int64 `db:"balance"`
+	Orders   int64 `db:"orders"`
+	OrderIDs int64 `db:"order_ids"`
+	Version  int64 `db:"version"`
+}
+
+// expectation is what an account must hold at the end.
+type expectation struct{ balance, orders, orderIDs int64 }
+
+// malformedKinds are the bad entries mixed into the stream; each must end
+// in the dead-letter stream and nowhere else.
+var malformedKinds = []struct {
+	name   string
+	fields map[string]string
+}{
+	{"malformed JSON", map[string]string{"data": `{"order_id": 1, "amount": `}},
+	{"JSON that is not an object", map[string]string{"data": `[1, 2, 3]`}},
+	{"no data field", map[string]string{"payload": `{"order_id": 2}`}},
+	{"NaN", map[string]string{"data": `{"order_id": 3, "account_id": 1, "amount": NaN}`}},
+	{"invalid UTF-8", map[string]string{"data": "{\"order_id\": 4, \"note\": \"\xff\xfe\"}"}},
+}
+
+var errCrashed = errors.New("worker crashed")
+
+type scenario struct {
+	o        options
+	svc      *services
+	metrics  *safesync.Metrics
+	registry prometheus.Gatherer
+
+	expected     int64                 // sum of all valid amounts
+	perAccount   map[int64]expectation // what each account must hold
+	malformedIDs map[string]string     // id -> kind
+
+	started   time.Time
+	finished  time.Time
+	retries   atomic.Int64
+	committed atomic.Int64
+	pruned    atomic.Int64 // exactly-once records pruned (embedded mode)
+	crashedAt atomic.Int64 // entries the crashed worker left pending, -1 before
+
+	mu        sync.Mutex
+	firstSeen map[string]time.Time // entry id -> first handler start
+	latencies []time.Duration      // handler start -> COMMIT, per entry
+}
+
+func newScenario(o options, svc *services, m *safesync.Metrics, reg prometheus.Gatherer) *scenario {
+	sc := &scenario{o: o, svc: svc, metrics: m, registry: reg, perAccount: map[int64]expectation{}, malformedIDs: map[string]string{}, firstSeen: map[string]time.Time{}}
+	sc.crashedAt.Store(-1)
+	return sc
+}
+
+// prepare creates fresh tables and an empty stream.
+func (sc *scenario) prepare(ctx context.Context) error {
+	db := sc.svc.db
+	for _, q := range []string{
+		"DROP TABLE IF EXISTS " + accountsTable,
+		"DROP TABLE IF EXISTS " + appliedTable,
+		"CREATE TABLE " + accountsTable + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, orders BIGINT NOT NULL DEFAULT 0, order_ids BIGINT NOT NULL DEFAULT 0, version BIGINT NOT NULL DEFAULT 0)",
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	if err := safesync.CreateDedupeTable(ctx, db, appliedTable); err != nil {
+		return err
+	}
+	for id := 1; id <= sc.o.accounts; id++ {
+		if _, err := db.ExecContext(ctx, "INSERT INTO "+accountsTable+" (id, balance) VALUES (?, 0)", id); err != nil {
+			return err
+		}
+	}
+	rdb := sc.svc.rdb
+	return rdb.Do(ctx, rdb.B().Del().Key(stream, deadStream).Build()).Error()
+}
+
+// publish adds the orders, with the malformed entries spread among them.
+func (sc *scenario) publish(ctx context.Context) error {
+	start := time.Now()
+	every := sc.o.messages/(sc.o.malformed+1) + 1
+	bad := 0
+	for i := 1; i <= sc.o.messages; i++ {
+		o := order{OrderID: int64(i), AccountID: int64(1 + i%sc.o.accounts), Amount: int64(1 + (i*7)%100)}
+		if _, err := safesync.PublishJSON(ctx, sc.svc.rdb, stream, o); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		sc.expected += o.Amount
+		e := sc.perAccount[o.AccountID]
+		sc.perAccount[o.AccountID] = expectation{e.balance + o.Amount, e.orders + 1, e.orderIDs + o.OrderID}
+		if i%every == 0 && bad < sc.o.malformed {
+			if err := sc.publishMalformed(ctx, bad); err != nil {
+				return err
+			}
+			bad++
+		}
+	}
+	for ; bad < sc.o.malformed; bad++ {
+		if err := sc.publishMalformed(ctx, bad); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("published %d orders and %d malformed entries to %s in %v\n", sc.o.messages, sc.o.malformed, stream, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (sc *scenario) publishMalformed(ctx context.Context, n int) error {
+	kind := malformedKinds[n%len(malformedKinds)]
+	id, err := safesync.Publish(ctx, sc.svc.rdb, stream, kind.fields)
+	if err != nil {
+		return fmt.Errorf("publish malformed entry: %w", err)
+	}
+	sc.malformedIDs[id] = kind.name
+	return nil
+}
+
+// handler applies an order to its account with the chosen strategy.
+func (sc *scenario) handler() safesync.TxHandler[order] {
+	apply := func(o order) func(account) (account, error) {
+		return func(a account) (account, error) {
+			a.Balance += o.Amount
+			a.Orders++
+			a.OrderIDs += o.OrderID
+			return a, nil
+		}
+	}
+	return func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		sc.mu.Lock()
+		if _, seen := sc.firstSeen[msg.ID]; !seen {
+			sc.firstSeen[msg.ID] = time.Now()
+		}
+		sc.mu.Unlock()
+		o := msg.Value
+		if o.Amount <= 0 || o.AccountID < 1 {
+			return safesync.Permanent(fmt.Errorf("order %d: invalid amount or account", o.OrderID))
+		}
+		key := safesync.Key{"id": o.AccountID}
+		if sc.o.strategy == "rowlock" {
+			_, err := safesync.WithRowLock(accountsTable, key, func(ctx context.Context, tx *safesync.Tx, a account) (struct{}, error) {
+				a, _ = apply(o)(a)
+				_, err := tx.ExecContext(ctx, "UPDATE "+accountsTable+" SET balance = ?, orders = ?, order_ids = ? WHERE id = ?", a.Balance, a.Orders, a.OrderIDs, a.ID)
+				return struct{}{}, err
+			})(ctx, tx)
+			return err
+		}
+		_, err := safesync.OCC(safesync.ReadVersioned[account](accountsTable, key, "version"), apply(o))(ctx, tx)
+		return err
+	}
+}
+
+// afterCommit records each entry's latency from its first handler start
+// to the COMMIT of the transaction that applied it.
+func (sc *scenario) afterCommit(_ context.Context, msgs []safesync.Message[order]) {
+	now := time.Now()
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	for _, m := range msgs {
+		if t, ok := sc.firstSeen[m.ID]; ok {
+			sc.latencies = append(sc.latencies, now.Sub(t))
+			delete(sc.firstSeen, m.ID)
+		}
+	}
+	sc.committed.Add(int64(len(msgs)))
+}
+
+func (sc *scenario) config(worker int) safesync.StreamConfig {
+	return safesync.StreamConfig{
+		Stream: stream, Group: group, Consumer: fmt.Sprintf("worker-%d", worker),
+		Block: 200 * time.Millisecond, Count: sc.o.batch, Concurrency: sc.o.concurrency,
+		ClaimIdle: 2 * time.Second, ClaimInterval: 500 * time.Millisecond,
+		MaxDeliveries: 5, ShutdownGrace: 10 * time.Second, Metrics: sc.metrics,
+	}
+}
+
+// consume runs the workers until every entry is settled, crashing worker
+// 1 part of the way through, and prints progress every second.
+func (sc *scenario) consume(ctx context.Context) error {
+	policy := safesync.Exponential(2*time.Millisecond, 100*time.Millisecond).WithMaxAttempts(30).
+		WithMetrics(sc.metrics).WithOnRetry(func(safesync.RetryEvent) { sc.retries.Add(1) })
+	pipeline := func(h safesync.TxHandler[order]) safesync.Pipeline[order] {
+		return safesync.Stream(safesync.JSON[order]()).
+			Handle(h).
+			AckAfter(safesync.Commit(sc.svc.db, safesync.WithMetrics(sc.metrics), safesync.Label("demo"))).
+			Once(appliedTable).
+			Batch(sc.o.batch).
+			Retry(policy).
+			AfterCommit(sc.afterCommit)
+	}
+
+	runCtx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	var wg sync.WaitGroup
+	errs := make(chan error, sc.o.workers)
+	sc.started = time.Now()
+	for w := 1; w <= sc.o.workers; w++ {
+		p, wctx := pipeline(sc.handler()), runCtx
+		if w == 1 && sc.o.crash {
+			var crash context.CancelFunc
+			wctx, crash = context.WithCancel(runCtx)
+			p = pipeline(sc.crashingHandler(crash))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.Run(wctx, sc.svc.rdb, sc.config(w)); err != nil {
+				errs <- fmt.Errorf("worker-%d: %w", w, err)
+			}
+		}()
+	}
+	if sc.svc.embedded {
+		wg.Add(1)
+		go func() { defer wg.Done(); sc.prune(runCtx) }()
+	}
+	err := sc.waitUntilSettled(ctx)
+	sc.finished = time.Now()
+	stopWorkers()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+// crashingHandler handles entries normally until a share of the stream has
+// been committed, then fails its current batch and stops its worker, the
+// way a killed process leaves its read entries pending.
+func (sc *scenario) crashingHandler(crash context.CancelFunc) safesync.TxHandler[order] {
+	inner := sc.handler()
+	threshold := int64(sc.o.messages / 4)
+	var crashed atomic.Bool
+	return func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		if crashed.Load() {
+			return errCrashed
+		}
+		if sc.committed.Load() >= threshold && crashed.CompareAndSwap(false, true) {
+			crash()
+			return errCrashed
+		}
+		return inner(ctx, tx, msg)
+	}
+}
+
+func (sc *scenario) waitUntilSettled(ctx context.Context) error {
+	deadline := time.After(sc.o.timeout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	total := int64(sc.o.messages)
+	for {
+		applied, pending, dead, err := sc.progress(ctx)
+		if err != nil {
+			return err
+		}
+		if applied == total && dead == int64(sc.o.malformed) && pending == 0 {
+			fmt.Printf("  %6.1fs  all %d orders applied, %d dead letters, nothing pending\n", time.Since(sc.started).Seconds(), applied, dead)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			fmt.Printf("timed out after %v: %d/%d applied, %d pending, %d dead letters\n", sc.o.timeout, applied, total, pending, dead)
+			return nil // verify reports what failed
+		case <-tick.C:
+		}
+		rate := float64(applied) / time.Since(sc.started).Seconds()
+		fmt.Printf("  %6.1fs  applied %6d/%d  pending %5d  dead letters %d  %7.0f orders/s\n", time.Since(sc.started).Seconds(), applied, total, pending, dead, rate)
+		sc.noteCrash()
+	}
+}
+
+// noteCrash prints, once, how many entries the crashed worker left.
+func (sc *scenario) noteCrash() {
+	if !sc.o.crash || sc.crashedAt.Load() >= 0 {
+		return
+	}
+	left, err := pendingOf(context.Background(), sc.svc.rdb, "worker-1")
+	if err != nil || left == 0 || sc.committed.Load() < int64(sc.o.messages/4) {
+		return
+	}
+	sc.crashedAt.Store(left)
+	fmt.Printf("  worker-1 crashed mid-batch: %d entries left pending under its name; the other workers reclaim them once idle for 2s\n", left)
+}
+
+// progress reads how far the run is: orders applied (as counted in the
+// accounts), entries pending in the group, dead letters.
+func (sc *scenario) progress(ctx context.Context) (applied, pending, dead int64, err error) {
+	counts, err := safesync.Select[int64](ctx, sc.svc.db, "SELECT orders FROM "+accountsTable)
+	if err != nil {
+		return
+	}
+	for _, n := range counts {
+		applied += n
+	}
+	if pending, err = pendingOf(ctx, sc.svc.rdb, ""); err != nil {
+		return
+	}
+	rdb := sc.svc.rdb
+	dead, err = rdb.Do(ctx, rdb.B().Xlen().Key(deadStream).Build()).AsInt64()
+	return
+}
+
+// pruneWindow is how old an exactly-once record must be before the demo
+// prunes it in embedded mode. No entry of the demo can be redelivered
+// after its transaction committed (a commit is always followed by its
+// acknowledgement to the in-process Redis), so the window only needs to
+// outlast the transactions in flight.
+const pruneWindow = 5 * time.Second
+
+// prune keeps the exactly-once table short in embedded mode, where the
+// engine's cost per insert grows with the table, until ctx ends.
+func (sc *scenario) prune(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, err := safesync.PruneDedupe(ctx, sc.svc.db, appliedTable, pruneWindow)
+		sc.pruned.Add(n)
+		if err != nil && ctx.Err() == nil {
+			fmt.Println("  prune:", err)
+		}
+	}
+}
+
+// pendingOf counts the group's pending entries, of one consumer if named.
+func pendingOf(ctx context.Context, rdb rueidis.Client, consumer string) (int64, error) {
+	cmd := rdb.B().Xpending().Key(stream).Group(group).Start("-").End("+").Count(1 << 30)
+	var res rueidis.RedisResult
+	if consumer != "" {
+		res = rdb.Do(ctx, cmd.Consumer(consumer).Build())
+	} else {
+		res = rdb.Do(ctx, cmd.Build())
+	}
+	rows, err := res.ToArray()
+	if err != nil {
+		if re, ok := rueidis.IsRedisErr(err); ok && len(re.Error()) >= 7 && re.Error()[:7] == "NOGROUP" {
+			return 0, nil
+		}
+		return 0, err
+	}
+	return int64(len(rows)), nil
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(float64(len(sorted)-1)*p)]
+}
+
+func (sc *scenario) sortedLatencies() []time.Duration {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	l := append([]time.Duration(nil), sc.latencies...)
+	sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+	return l
+}
