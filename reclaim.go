@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/puddle/v2"
 	"github.com/redis/rueidis"
 )
 
@@ -54,19 +53,15 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, now bool) error {
 func (e *engine[T]) claimPass(ctx context.Context) error {
 	cursor := endCursor
 	for {
-		first, err := e.slots.Acquire(ctx)
-		if err != nil {
+		free := e.sched.waitFreeSlots(ctx)
+		if free == 0 {
 			return nil // ctx ended
 		}
-		held := append([]*puddle.Resource[struct{}]{first}, e.slots.AcquireAllIdle()...)
-		next, raws, err := e.core.autoclaim(ctx, cursor, len(held)*e.unitSize)
+		next, raws, err := e.core.autoclaim(ctx, cursor, free*e.unitSize)
 		if err != nil {
-			for _, s := range held {
-				s.Release()
-			}
 			return err
 		}
-		e.dispatch(ctx, e.prepare(ctx, raws), held)
+		e.sched.admit(e.prepare(ctx, raws), e.unitSize, e.c.key)
 		if next == endCursor {
 			return nil
 		}
