@@ -3,6 +3,7 @@ package safesync
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // maxAckBatch bounds the ids of one XACK sent by an acker.
@@ -21,6 +22,7 @@ type acker struct {
 	ids  chan []string
 	done chan struct{}
 
+	mu       sync.Mutex
 	failures int
 	lastErr  error
 }
@@ -57,11 +59,19 @@ func (a *acker) loop() {
 		_, err := a.core.ack(ctx, a.core.cfg.Stream, a.core.cfg.Group, batch)
 		cancel()
 		if err != nil {
-			a.failures++
-			a.lastErr = err
-			a.core.log.Error("safesync: acknowledgement failed; the entries stay pending and will be redelivered", "count", len(batch), "error", err)
+			a.failed(err)
 		}
 	}
+}
+
+// failed records an acknowledgement that failed elsewhere (sent with a
+// read), so that Run reports it. It is called by the reader only.
+func (a *acker) failed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.failures++
+	a.lastErr = err
+	a.core.log.Error("safesync: acknowledgement failed; the entries stay pending and will be redelivered", "error", err)
 }
 
 // close sends the acknowledgements still queued, stops the goroutine and
@@ -69,6 +79,8 @@ func (a *acker) loop() {
 func (a *acker) close() error {
 	close(a.ids)
 	<-a.done
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.failures == 0 {
 		return nil
 	}

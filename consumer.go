@@ -227,7 +227,7 @@ func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason str
 
 // read reads and decodes; see Read.
 func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error) {
-	raws, err := c.core.read(ctx, count)
+	raws, _, err := c.core.read(ctx, count, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -237,32 +237,29 @@ func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error)
 // prepare turns raw entries into messages. Entries past MaxDeliveries and
 // entries that cannot be decoded are dead-lettered instead; failures to
 // do so are returned joined, and those entries stay pending.
-func (c *Consumer[T]) prepare(ctx context.Context, raws []rawEntry) ([]Message[T], error) {
-	if len(raws) == 0 {
+func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries) ([]Message[T], error) {
+	if raws.len() == 0 {
 		return nil, nil
 	}
 	cfg := &c.core.cfg
-	msgs := make([]Message[T], 0, len(raws))
+	msgs := make([]Message[T], 0, raws.len())
 	var errs []error
-	for _, r := range raws {
-		if r.deliveries > cfg.MaxDeliveries {
-			err := c.core.moveToDeadLetter(ctx, deadLetterEntry{
-				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
-			}, DeadLetterMaxDeliveries, fmt.Errorf("delivered %d times, more than MaxDeliveries %d", r.deliveries, cfg.MaxDeliveries))
-			errs = append(errs, err)
+	for i, x := range raws.xs {
+		deliveries := raws.delivered(i)
+		dead := deadLetterEntry{stream: cfg.Stream, group: cfg.Group, id: x.ID, fields: x.FieldValues, deliveries: deliveries}
+		if deliveries > cfg.MaxDeliveries {
+			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
+				fmt.Errorf("delivered %d times, more than MaxDeliveries %d", deliveries, cfg.MaxDeliveries)))
 			continue
 		}
-		v, err := c.decode(r.fields)
+		v, err := c.decode(x.FieldValues)
 		if err != nil {
-			derr := &DecodeError{Stream: cfg.Stream, ID: r.id, Err: err}
-			errs = append(errs, c.core.moveToDeadLetter(ctx, deadLetterEntry{
-				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
-			}, DeadLetterDecode, derr))
+			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
 			continue
 		}
 		msgs = append(msgs, Message[T]{
-			ID: r.id, Stream: cfg.Stream, Group: cfg.Group,
-			Value: v, Fields: r.fields, Deliveries: r.deliveries,
+			ID: x.ID, Stream: cfg.Stream, Group: cfg.Group,
+			Value: v, Fields: x.FieldValues, Deliveries: deliveries,
 		})
 	}
 	return msgs, errors.Join(errs...)

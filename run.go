@@ -95,6 +95,7 @@ type engine[T any] struct {
 	unitSize   int
 	readCount  int
 	sched      *scheduler[T]
+	inline     bool // the reader handles what it reads: Run with Concurrency 1
 	acks       *acker
 	runCtx     context.Context // Run's ctx
 	handlerCtx context.Context // its values; cancelled ShutdownGrace after it
@@ -121,7 +122,8 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	e := &engine[T]{
 		c: c, core: c.core, unitSize: unitSize, readCount: readCount,
 		runCtx: ctx, handlerCtx: handlerCtx,
-		acks: newAcker(c.core, context.WithoutCancel(ctx)),
+		inline: read && unitSize == 1 && cfg.Concurrency == 1,
+		acks:   newAcker(c.core, context.WithoutCancel(ctx)),
 	}
 	var order *orderer
 	if c.key != nil {
@@ -156,12 +158,11 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	}
 	e.sched.stop()
 	stopLoops()
-	loops.Wait()
+	e.waitHandlers(cfg.ShutdownGrace, cancelHandlers, &loops)
 	close(fatal)
 	for err := range fatal {
 		runErr = errors.Join(runErr, err)
 	}
-	e.waitHandlers(cfg.ShutdownGrace, cancelHandlers)
 	ackErr := e.acks.close()
 	slots.Close()
 	return errors.Join(runErr, ackErr)
@@ -189,10 +190,22 @@ func newSlots(n int) (*puddle.Pool[struct{}], error) {
 
 // readLoop reads entries and hands them to the scheduler until ctx ends,
 // reading ahead while fewer than a read's worth of entries wait to start.
+//
+// With Concurrency 1 (inline), the reader is also the worker: it handles
+// what it read itself, then acknowledges those entries in the same round
+// trip as its next read. Draining a backlog then costs one round trip per
+// read and no goroutine hand-off per entry.
 func (e *engine[T]) readLoop(ctx context.Context) error {
+	var w worker[T] // the reader's acknowledgements, inline
+	defer w.flush(e.sched)
 	var b backoff
 	for e.sched.waitToRead(ctx) {
-		raws, err := e.core.read(ctx, e.readCount)
+		acks := w.acks
+		w.acks = nil
+		raws, ackErr, err := e.core.read(ctx, e.readCount, acks)
+		if ackErr != nil {
+			e.acks.failed(ackErr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -207,14 +220,20 @@ func (e *engine[T]) readLoop(ctx context.Context) error {
 			continue
 		}
 		b.reset()
-		e.sched.admit(e.prepare(ctx, raws), e.unitSize, e.c.key)
+		msgs := e.prepare(ctx, raws)
+		if e.inline {
+			e.sched.admit(msgs, e.unitSize, e.c.key, false)
+			e.sched.runHere(ctx, &w)
+		} else {
+			e.sched.admit(msgs, e.unitSize, e.c.key, true)
+		}
 	}
 	return nil
 }
 
 // prepare decodes raw entries; failures to dead-letter are counted and
 // logged, and those entries stay pending for a later attempt.
-func (e *engine[T]) prepare(ctx context.Context, raws []rawEntry) []Message[T] {
+func (e *engine[T]) prepare(ctx context.Context, raws rawEntries) []Message[T] {
 	msgs, err := e.c.prepare(ctx, raws)
 	if err != nil {
 		e.core.metrics.countAckFailure()
@@ -223,11 +242,13 @@ func (e *engine[T]) prepare(ctx context.Context, raws []rawEntry) []Message[T] {
 	return msgs
 }
 
-// waitHandlers waits for the workers to return, cancelling the handlers'
-// ctx once grace has passed.
-func (e *engine[T]) waitHandlers(grace time.Duration, cancel context.CancelFunc) {
+// waitHandlers waits for the loops and the workers to return, cancelling
+// the handlers' ctx once grace has passed (an inline reader may be running
+// a handler).
+func (e *engine[T]) waitHandlers(grace time.Duration, cancel context.CancelFunc, loops *sync.WaitGroup) {
 	done := make(chan struct{})
 	go func() {
+		loops.Wait()
 		e.sched.workers.Wait()
 		close(done)
 	}()

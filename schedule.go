@@ -34,11 +34,12 @@ type scheduler[T any] struct {
 	workers     sync.WaitGroup
 
 	mu       sync.Mutex
-	ready    []*unit[T] // runnable, not started, in order
-	units    int        // units admitted and not started (ready or blocked on a key)
-	entries  int        // entries in those units
-	running  int        // units running
-	active   int        // workers alive
+	ready    []*unit[T] // runnable, not started, in order, from head on
+	head     int
+	units    int // units admitted and not started (ready or blocked on a key)
+	entries  int // entries in those units
+	running  int // units running
+	active   int // workers alive
 	held     map[string]struct{}
 	stopped  bool
 	changed  chan struct{} // closed when what a waiter waits for may hold
@@ -80,7 +81,7 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 // admit takes msgs in stream order, drops those already held (an entry
 // reclaim handed back while this consumer still had it), forms units of up
 // to size entries and queues them. It reports how many entries it queued.
-func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string) int {
+func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -127,7 +128,9 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 		}
 		s.ready = append(s.ready, u)
 	}
-	s.spawn()
+	if spawn {
+		s.spawn()
+	}
 	return len(kept)
 }
 
@@ -143,7 +146,7 @@ func contains(keys []string, k string) bool {
 // spawn starts workers for the ready units that no live worker is about to
 // take, while slots are free. Called with mu held.
 func (s *scheduler[T]) spawn() {
-	for s.active-s.running < len(s.ready) && s.active < s.concurrency {
+	for s.active-s.running < s.readyLen() && s.active < s.concurrency {
 		slot, err := s.slots.TryAcquire(context.Background())
 		if err != nil {
 			return
@@ -174,17 +177,8 @@ func (s *scheduler[T]) runWorker(slot *puddle.Resource[struct{}]) {
 func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit[T] {
 	for flushed := false; ; flushed = true {
 		s.mu.Lock()
-		if !s.stopped && len(s.ready) > 0 && s.ctx.Err() == nil {
-			u := s.ready[0]
-			s.ready[0] = nil
-			s.ready = s.ready[1:]
-			if len(s.ready) == 0 {
-				s.ready = s.ready[:0:0]
-			}
-			s.units--
-			s.entries -= len(u.msgs)
-			s.running++
-			s.signal()
+		if !s.stopped && s.readyLen() > 0 && s.ctx.Err() == nil {
+			u := s.pop()
 			s.mu.Unlock()
 			return u
 		}
@@ -197,6 +191,61 @@ func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit
 		s.mu.Unlock()
 		w.flush(s) // nothing to do: acknowledge what is done, then look again
 	}
+}
+
+// runHere runs ready units on the calling goroutine, holding a slot like a
+// worker, until none is left; an inline reader uses it. It waits for the
+// slot while a worker holds it.
+func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) {
+	slot, err := s.slots.Acquire(ctx)
+	if err != nil {
+		return // ctx ended: what is queued is dropped at stop
+	}
+	s.mu.Lock()
+	s.active++
+	s.mu.Unlock()
+	for {
+		u := s.take()
+		if u == nil {
+			break
+		}
+		s.work(w, u)
+		s.finish(u)
+	}
+	s.mu.Lock()
+	slot.Release()
+	s.active--
+	s.spawn() // for units admitted meanwhile by reclaim
+	s.mu.Unlock()
+}
+
+// take pops the next ready unit, or returns nil when there is none or the
+// scheduler stopped.
+func (s *scheduler[T]) take() *unit[T] {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped || s.readyLen() == 0 || s.ctx.Err() != nil {
+		return nil
+	}
+	return s.pop()
+}
+
+func (s *scheduler[T]) readyLen() int { return len(s.ready) - s.head }
+
+// pop removes the first ready unit and counts it running. Called with mu
+// held.
+func (s *scheduler[T]) pop() *unit[T] {
+	u := s.ready[s.head]
+	s.ready[s.head] = nil
+	s.head++
+	if s.head == len(s.ready) { // empty: reuse the array from its start
+		s.ready, s.head = s.ready[:0], 0
+	}
+	s.units--
+	s.entries -= len(u.msgs)
+	s.running++
+	s.signal()
+	return u
 }
 
 // finish records that u ran and readies the units that waited for its
@@ -287,12 +336,12 @@ func (s *scheduler[T]) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stopped = true
-	for _, u := range s.ready {
+	for _, u := range s.ready[s.head:] {
 		for _, m := range u.msgs {
 			delete(s.held, m.ID)
 		}
 	}
-	s.ready = nil
+	s.ready, s.head = nil, 0
 	if s.order != nil {
 		s.order.stop()
 	}

@@ -72,7 +72,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		for j := range msgs {
 			msgs[j] = Message[int]{ID: strconv.Itoa(i + j), Value: i + j, Fields: map[string]string{"key": "k" + strconv.Itoa(rand.IntN(keys))}}
 		}
-		s.admit(msgs, size, key)
+		s.admit(msgs, size, key, true)
 		i += chunk
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -135,7 +135,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	for i := range msgs {
 		msgs[i] = Message[int]{ID: strconv.Itoa(i)}
 	}
-	s.admit(msgs, 1, nil)
+	s.admit(msgs, 1, nil, true)
 	for ran.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -145,7 +145,71 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	if ran.Load() != 1 {
 		t.Fatalf("%d units ran, want only the one running when the scheduler stopped", ran.Load())
 	}
-	if n := s.admit(msgs, 1, nil); n != 0 {
+	if n := s.admit(msgs, 1, nil, true); n != 0 {
 		t.Fatalf("admit after stop queued %d entries", n)
+	}
+}
+
+// An inline reader runs what it reads itself while reclaim admits units
+// from another goroutine: still one unit at a time, nothing lost.
+func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
+	slots, err := newSlots(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	ctx := context.Background()
+	s := newScheduler[int](ctx, slots, 1, 10, nil)
+	var running, maxRunning, ran atomic.Int64
+	var acked atomic.Int64
+	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.work = func(w *worker[int], u *unit[int]) {
+		r := running.Add(1)
+		for m := maxRunning.Load(); r > m && !maxRunning.CompareAndSwap(m, r); m = maxRunning.Load() {
+		}
+		if rand.IntN(8) == 0 {
+			time.Sleep(50 * time.Microsecond)
+		}
+		running.Add(-1)
+		ran.Add(1)
+		w.ack(s, u.msgs[0].ID)
+	}
+	batch := func(from, n int) []Message[int] {
+		msgs := make([]Message[int], n)
+		for i := range msgs {
+			msgs[i] = Message[int]{ID: strconv.Itoa(from + i)}
+		}
+		return msgs
+	}
+	done := make(chan struct{})
+	go func() { // reclaim
+		defer close(done)
+		for i := 0; i < 2000; i += 5 {
+			if s.waitFreeSlots(ctx) == 0 {
+				t.Error("waitFreeSlots returned 0")
+				return
+			}
+			s.admit(batch(100000+i, 5), 1, nil, true)
+		}
+	}()
+	var w worker[int]
+	for i := 0; i < 5000; i += 10 { // the inline reader
+		s.waitToRead(ctx)
+		s.admit(batch(i, 10), 1, nil, false)
+		s.runHere(ctx, &w)
+	}
+	w.flush(s)
+	<-done
+	deadline := time.Now().Add(20 * time.Second)
+	for ran.Load() < 7000 || acked.Load() < 7000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 7000 units ran, %d acknowledged: stalled", ran.Load(), acked.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.stop()
+	s.workers.Wait()
+	if maxRunning.Load() != 1 {
+		t.Fatalf("%d units ran at once with Concurrency 1", maxRunning.Load())
 	}
 }
