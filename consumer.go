@@ -44,9 +44,12 @@ func OrderBy[T any](key func(Message[T]) string) ConsumerOption[T] {
 // its own (Next, Messages, Read, with Ack).
 //
 // A Consumer is safe for concurrent use, but only one of Run, RunBatch and
-// ClaimStale runs at a time on it; run several processes (or several
-// Consumers with different names) to scale out. It holds no connection of
-// its own: closing the rueidis client is the caller's business.
+// ClaimStale runs at a time on it (another returns ErrConsumerRunning), and
+// it should be driven either by those or by Next, Read and Messages, not
+// both, since they share its read position. Run several processes, or
+// Consumers with different names, to scale out. A Consumer holds no
+// connection of its own: closing the rueidis client is the caller's
+// business.
 type Consumer[T any] struct {
 	core   *streamCore
 	decode Decoder[T]

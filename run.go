@@ -36,8 +36,9 @@ import (
 // goroutine it started outlives it.
 //
 // Run returns nil after ctx is cancelled. It returns early with an error
-// when Redis refuses a read or claim in a way retrying cannot fix (the
-// group was destroyed, the key holds another type); lost connections are
+// when Redis refuses to create the group, or a read or claim, in a way
+// retrying cannot fix (the group was destroyed, a key holds another type);
+// lost connections and a server that is loading or failing over are
 // retried with backoff. Acknowledgements that failed, counted in
 // ack_failures_total as they happen, are also reported in Run's error;
 // their entries stay pending and are redelivered.
@@ -106,11 +107,21 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 		return ErrConsumerRunning
 	}
 	defer c.core.running.Store(false)
-	if err := c.core.ensureGroup(ctx); err != nil {
+	for b := (backoff{}); ; {
+		err := c.core.ensureGroup(ctx)
+		if err == nil {
+			break
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		return err
+		if !retryable(err) {
+			return err
+		}
+		c.core.log.Warn("safesync: cannot create the group yet; retrying", "error", err)
+		if !b.wait(ctx) {
+			return nil
+		}
 	}
 	cfg := &c.core.cfg
 	slots, err := newSlots(cfg.Concurrency)

@@ -101,6 +101,14 @@ type StreamConfig struct {
 	Logger *slog.Logger
 	// Metrics records reads, acks, claims, dead letters, handler latency and
 	// pending gauges. Nil means DefaultMetrics().
+	//
+	// read_latency_seconds excludes time spent blocked waiting for entries:
+	// it records only reads that returned entries without BLOCK. After a
+	// read that returned entries the next is sent without BLOCK; only when
+	// that one comes back empty is a blocking read sent, and its duration,
+	// mostly waiting, is not recorded. While there is a backlog every read
+	// is recorded. pending_entries and oldest_pending_age_seconds are
+	// refreshed every ClaimInterval by Run and ClaimStale.
 	Metrics *Metrics
 }
 

@@ -1,6 +1,7 @@
 package safesync_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -94,5 +95,32 @@ func TestKeySlotMatchesRedisCluster(t *testing.T) {
 	}
 	if safesync.KeySlot("foo{}{bar}") == safesync.KeySlot("bar") {
 		t.Error("an empty hash tag must not make the next one count")
+	}
+}
+
+func TestConsumerRunsOneLoopAtATime(t *testing.T) {
+	client := safesynctest.NewRedis(t)
+	safesynctest.PublishJSON(t, client, "s", map[string]int{"n": 1})
+	c, err := safesync.NewConsumer(client, safesync.StreamConfig{Stream: "s", Group: "g", Consumer: "c", Block: 50 * time.Millisecond}, safesync.JSON[map[string]any]())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	handled := make(chan struct{}, 1)
+	go func() {
+		done <- c.Run(ctx, func(context.Context, safesync.Message[map[string]any]) error {
+			handled <- struct{}{}
+			return nil
+		})
+	}()
+	<-handled // Run is running
+	err = c.ClaimStale(ctx, func(context.Context, safesync.Message[map[string]any]) error { return nil })
+	if !errors.Is(err, safesync.ErrConsumerRunning) {
+		t.Fatalf("ClaimStale during Run = %v, want ErrConsumerRunning", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
