@@ -234,18 +234,22 @@ func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error)
 	if err != nil {
 		return nil, err
 	}
-	return c.prepare(ctx, raws)
+	return c.prepare(ctx, raws, nil)
 }
 
 // prepare turns raw entries into messages. Entries past MaxDeliveries and
 // entries that cannot be decoded are dead-lettered instead; failures to
 // do so are returned joined, and those entries stay pending.
-func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries) ([]Message[T], error) {
+// into, when it has room, receives the messages instead of a new slice.
+func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries, into []Message[T]) ([]Message[T], error) {
 	if raws.len() == 0 {
 		return nil, nil
 	}
 	cfg := &c.core.cfg
-	msgs := make([]Message[T], 0, raws.len())
+	msgs := into[:0]
+	if cap(msgs) < raws.len() {
+		msgs = make([]Message[T], 0, raws.len())
+	}
 	var errs []error
 	for i, x := range raws.xs {
 		deliveries := raws.delivered(i)

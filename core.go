@@ -69,6 +69,14 @@ func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
 	}
 }
 
+// rereadOwnPending makes the next read start again with this consumer's
+// own pending entries, as at a restart.
+func (s *streamCore) rereadOwnPending() {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	s.pendingFrom, s.waited = "0", false
+}
+
 // ensureGroup creates the group (and the stream) unless this consumer has
 // already seen it exist. BUSYGROUP, the group being there already, is fine.
 func (s *streamCore) ensureGroup(ctx context.Context) error {

@@ -61,7 +61,7 @@ func (e *engine[T]) claimPass(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		e.sched.admit(e.prepare(ctx, raws), e.unitSize, e.c.key, true)
+		e.sched.admit(e.prepare(ctx, raws, nil), e.unitSize, e.c.key, true, nil)
 		if next == endCursor {
 			return nil
 		}

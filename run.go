@@ -107,6 +107,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 		return ErrConsumerRunning
 	}
 	defer c.core.running.Store(false)
+	c.core.rereadOwnPending() // what an earlier run left unstarted comes first
 	for b := (backoff{}); ; {
 		err := c.core.ensureGroup(ctx)
 		if err == nil {
@@ -209,6 +210,8 @@ func newSlots(n int) (*puddle.Pool[struct{}], error) {
 func (e *engine[T]) readLoop(ctx context.Context) error {
 	var w worker[T] // the reader's acknowledgements, inline
 	defer w.flush(e.sched)
+	var msgs []Message[T] // inline: reused from read to read
+	var units []unit[T]
 	var b backoff
 	for e.sched.waitToRead(ctx) {
 		acks := w.acks
@@ -231,12 +234,16 @@ func (e *engine[T]) readLoop(ctx context.Context) error {
 			continue
 		}
 		b.reset()
-		msgs := e.prepare(ctx, raws)
-		if e.inline {
-			e.sched.admit(msgs, e.unitSize, e.c.key, false)
-			e.sched.runHere(ctx, &w)
-		} else {
-			e.sched.admit(msgs, e.unitSize, e.c.key, true)
+		if !e.inline {
+			e.sched.admit(e.prepare(ctx, raws, nil), e.unitSize, e.c.key, true, nil)
+			continue
+		}
+		// Inline, the messages and units of a read are done with once
+		// runHere has drained the queue, so the next read reuses them.
+		msgs = e.prepare(ctx, raws, msgs)
+		e.sched.admit(msgs, e.unitSize, e.c.key, false, &units)
+		if !e.sched.runHere(ctx, &w) {
+			msgs, units = nil, nil
 		}
 	}
 	return nil
@@ -244,8 +251,8 @@ func (e *engine[T]) readLoop(ctx context.Context) error {
 
 // prepare decodes raw entries; failures to dead-letter are counted and
 // logged, and those entries stay pending for a later attempt.
-func (e *engine[T]) prepare(ctx context.Context, raws rawEntries) []Message[T] {
-	msgs, err := e.c.prepare(ctx, raws)
+func (e *engine[T]) prepare(ctx context.Context, raws rawEntries, into []Message[T]) []Message[T] {
+	msgs, err := e.c.prepare(ctx, raws, into)
 	if err != nil {
 		e.core.metrics.countAckFailure()
 		e.core.log.Error("safesync: dead-letter failed; the entry stays pending", "error", err)

@@ -80,8 +80,10 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 
 // admit takes msgs in stream order, drops those already held (an entry
 // reclaim handed back while this consumer still had it), forms units of up
-// to size entries and queues them. It reports how many entries it queued.
-func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool) int {
+// to size entries and queues them, and starts workers for them when spawn
+// is true. It reports how many entries it queued. unitBuf, when not nil,
+// holds units no longer in use, reused when there are enough.
+func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T]) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -98,7 +100,16 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 		return 0
 	}
 	n := (len(kept) + size - 1) / size
-	units := make([]unit[T], n)
+	var units []unit[T]
+	if unitBuf != nil && cap(*unitBuf) >= n {
+		units = (*unitBuf)[:n]
+		clear(units)
+	} else {
+		units = make([]unit[T], n)
+		if unitBuf != nil {
+			*unitBuf = units
+		}
+	}
 	var orders []unitOrder
 	if s.order != nil {
 		orders = make([]unitOrder, n)
@@ -195,11 +206,12 @@ func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit
 
 // runHere runs ready units on the calling goroutine, holding a slot like a
 // worker, until none is left; an inline reader uses it. It waits for the
-// slot while a worker holds it.
-func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) {
+// slot while a worker holds it. It reports whether every unit admitted so
+// far has finished.
+func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) bool {
 	slot, err := s.slots.Acquire(ctx)
 	if err != nil {
-		return // ctx ended: what is queued is dropped at stop
+		return false // ctx ended: what is queued is dropped at stop
 	}
 	s.mu.Lock()
 	s.active++
@@ -213,10 +225,11 @@ func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) {
 		s.finish(u)
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	slot.Release()
 	s.active--
 	s.spawn() // for units admitted meanwhile by reclaim
-	s.mu.Unlock()
+	return s.units == 0 && s.running == 0 && s.active == 0
 }
 
 // take pops the next ready unit, or returns nil when there is none or the

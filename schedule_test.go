@@ -72,7 +72,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		for j := range msgs {
 			msgs[j] = Message[int]{ID: strconv.Itoa(i + j), Value: i + j, Fields: map[string]string{"key": "k" + strconv.Itoa(rand.IntN(keys))}}
 		}
-		s.admit(msgs, size, key, true)
+		s.admit(msgs, size, key, true, nil)
 		i += chunk
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -135,7 +135,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	for i := range msgs {
 		msgs[i] = Message[int]{ID: strconv.Itoa(i)}
 	}
-	s.admit(msgs, 1, nil, true)
+	s.admit(msgs, 1, nil, true, nil)
 	for ran.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -145,7 +145,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	if ran.Load() != 1 {
 		t.Fatalf("%d units ran, want only the one running when the scheduler stopped", ran.Load())
 	}
-	if n := s.admit(msgs, 1, nil, true); n != 0 {
+	if n := s.admit(msgs, 1, nil, true, nil); n != 0 {
 		t.Fatalf("admit after stop queued %d entries", n)
 	}
 }
@@ -189,13 +189,14 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 				t.Error("waitFreeSlots returned 0")
 				return
 			}
-			s.admit(batch(100000+i, 5), 1, nil, true)
+			s.admit(batch(100000+i, 5), 1, nil, true, nil)
 		}
 	}()
 	var w worker[int]
+	var units []unit[int]
 	for i := 0; i < 5000; i += 10 { // the inline reader
 		s.waitToRead(ctx)
-		s.admit(batch(i, 10), 1, nil, false)
+		s.admit(batch(i, 10), 1, nil, false, &units)
 		s.runHere(ctx, &w)
 	}
 	w.flush(s)
