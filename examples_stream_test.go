@@ -268,3 +268,26 @@ func ExampleOrderBy() {
 	// Output:
 	// 3 3
 }
+
+func ExampleJSON() {
+	decode := safesync.JSON[Order]()
+	// What Python's json.dumps({"order_id": 1, "amount": 5}) writes.
+	o, err := decode(map[string]string{"data": `{"order_id": 1, "amount": 5}`})
+	fmt.Println(o, err)
+	// json.dumps writes NaN for float("nan"); it is not JSON.
+	_, err = decode(map[string]string{"data": `{"order_id": 2, "amount": NaN}`})
+	fmt.Println(errors.Is(err, safesync.ErrDecode))
+	// Output:
+	// {1 5} <nil>
+	// true
+}
+
+func ExampleKeySlot() {
+	// The default dead-letter stream keeps the stream's hash tag, so that
+	// the dead-letter move is one MULTI/EXEC on Redis Cluster too.
+	fmt.Println(safesync.KeySlot("orders:{3}") == safesync.KeySlot("orders:{3}"+safesync.DeadLetterSuffix))
+	fmt.Println(safesync.KeySlot("orders") == safesync.KeySlot("orders"+safesync.DeadLetterSuffix))
+	// Output:
+	// true
+	// false
+}
