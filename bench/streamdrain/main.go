@@ -375,7 +375,8 @@ func report(contenders []contender, results map[string][]sample) {
 		}
 		line := c.name + ":"
 		if hasHand {
-			line += fmt.Sprintf("  %.2fx the hand-written loop", float64(hand.elapsed)/float64(s.elapsed))
+			line += fmt.Sprintf("  %.2fx the hand-written loop (median of repetitions: %.2fx)",
+				float64(hand.elapsed)/float64(s.elapsed), pairedRatio(results["hand-written rueidis loop"], results[c.name]))
 		}
 		if hasWM {
 			line += fmt.Sprintf("  %.1fx watermill-redisstream", float64(wm.elapsed)/float64(s.elapsed))
@@ -384,6 +385,18 @@ func report(contenders []contender, results map[string][]sample) {
 	}
 	fmt.Printf("\n%d entries per drain, %d repetitions, COUNT %s, GOMAXPROCS %d, %s\n",
 		*n, *reps, strconv.Itoa(*count), runtime.GOMAXPROCS(0), runtime.Version())
+}
+
+// pairedRatio is the median over repetitions of ref's time over s's time
+// in the same repetition: less sensitive than a ratio of medians to load
+// that changes during the run.
+func pairedRatio(ref, s []sample) float64 {
+	var r []float64
+	for i := range min(len(ref), len(s)) {
+		r = append(r, float64(ref[i].elapsed)/float64(s[i].elapsed))
+	}
+	slices.Sort(r)
+	return r[len(r)/2]
 }
 
 // median returns the sample with the median time, its allocations with it.
