@@ -30,6 +30,7 @@ var conformanceCases = []conformanceCase{
 	{name: "AckFailureIsCountedAndReturned", run: ackFailure},
 	{name: "StopDuringBlockingReadReturnsWithin200ms", run: stopDuringBlock},
 	{name: "ShutdownAcksExactlyTheFinishedHandlers", run: shutdownAcksFinished},
+	{name: "ShutdownWithConcurrency1AcksExactlyTheFinishedHandler", run: shutdownInline},
 	{name: "PerKeyOrderingUnderConcurrency8", run: perKeyOrdering},
 	{name: "PerKeyOrderingAcrossBatches", run: perKeyOrderingBatches},
 	{name: "RunBatchHandlerOwnsAcknowledgement", run: runBatchOwnsAck},

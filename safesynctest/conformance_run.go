@@ -107,12 +107,17 @@ func stopDuringBlock(t *testing.T, s *suite) {
 func shutdownAcksFinished(t *testing.T, s *suite) {
 	e := s.newEnv(t)
 	ids := e.publish(1, 10)
+	client := s.target.NewClient(t)
+	before := goleak.IgnoreCurrent()
 	cfg := e.config("c1")
 	cfg.Concurrency, cfg.Count, cfg.ShutdownGrace = 3, 10, time.Second
 	release := make(chan struct{})
 	started := make(chan int, 10)
 	var calls sync.Map
-	c := e.consumer(cfg)
+	c, err := safesync.NewConsumer(client, cfg, safesync.JSON[order]())
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := start(func(ctx context.Context) error {
 		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
 			calls.Store(m.Value.OrderID, true)
@@ -145,6 +150,8 @@ func shutdownAcksFinished(t *testing.T, s *suite) {
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}
+	client.Close()
+	goleak.VerifyNone(t, before)
 	var handled []int
 	calls.Range(func(k, _ any) bool { handled = append(handled, k.(int)); return true })
 	slices.Sort(handled)
@@ -154,6 +161,53 @@ func shutdownAcksFinished(t *testing.T, s *suite) {
 	want := append([]string{ids[2]}, ids[4:]...) // 3 failed at the grace deadline, 5-10 never started
 	if p := pendingIDs(t, e.client, e.stream); !slices.Equal(p, want) {
 		t.Fatalf("pending = %v, want %v: exactly the finished 1, 2, 4 acknowledged", p, want)
+	}
+}
+
+// With Concurrency 1 the reader runs handlers itself: the same rules hold.
+func shutdownInline(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	ids := e.publish(1, 5)
+	client := s.target.NewClient(t)
+	before := goleak.IgnoreCurrent()
+	cfg := e.config("c1")
+	cfg.ShutdownGrace = 300 * time.Millisecond
+	c, err := safesync.NewConsumer(client, cfg, safesync.JSON[order]())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan struct{})
+	var calls atomic.Int64
+	r := start(func(ctx context.Context) error {
+		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
+			calls.Add(1)
+			if m.Value.OrderID == 2 {
+				close(second)
+				<-ctx.Done() // ignores the stop until its own ctx ends, ShutdownGrace later
+				return ctx.Err()
+			}
+			return nil
+		})
+	})
+	select {
+	case <-second:
+	case <-time.After(10 * time.Second):
+		t.Fatal("second entry not handled")
+	}
+	begin := time.Now()
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < 300*time.Millisecond {
+		t.Fatalf("Run returned %v after cancel, before ShutdownGrace (300ms) let the handler run", took)
+	}
+	client.Close()
+	goleak.VerifyNone(t, before)
+	if calls.Load() != 2 {
+		t.Fatalf("%d handler calls, want 2: nothing starts after cancel", calls.Load())
+	}
+	if p := pendingIDs(t, e.client, e.stream); !slices.Equal(p, ids[1:]) {
+		t.Fatalf("pending = %v, want all but the first, the only one that finished", p)
 	}
 }
 
