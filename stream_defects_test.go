@@ -1,9 +1,9 @@
 package safesync_test
 
-// Regression tests for the stream defects of the original framework
-// (defects 5 to 8 in the design notes), each named for its defect, on the
-// embedded Redis. The conformance suite checks the same behaviour on a real
-// server.
+// Regression tests for the known stream defects of the original Python
+// framework (numbers 5 to 8 of its list of known defects), each named for
+// its defect, on the embedded Redis. The conformance suite checks the same
+// behaviour on a real server.
 
 import (
 	"context"

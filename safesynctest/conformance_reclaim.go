@@ -56,7 +56,7 @@ func reclaimBeyondThousand(t *testing.T, s *suite) {
 	if msgs, err := e.consumer(cfg).Read(ctx); err != nil || len(msgs) != 1100 {
 		t.Fatalf("read %d, %v", len(msgs), err)
 	}
-	const idle = time.Second
+	const idle = 2 * time.Second
 	time.Sleep(idle + 100*time.Millisecond)
 	// The first 1000 pending entries are being worked on again (XCLAIM to
 	// the same consumer resets their idle time); only the last 100 are
