@@ -15,6 +15,10 @@ import (
 // MaxDeliveries, unless the error matches ErrPermanent (see Permanent):
 // then the entry is dead-lettered at once. A panic is recovered, counted in
 // handler_panics_total and treated like an error.
+//
+// A handler may acknowledge its entry itself, with Consumer.Ack (in a
+// transaction's after-commit hook, say); the consumer's own acknowledgement
+// then finds nothing pending and counts nothing.
 type Handler[T any] func(ctx context.Context, msg Message[T]) error
 
 // BatchHandler handles up to a batch size of entries at once, in stream
