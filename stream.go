@@ -77,7 +77,10 @@ type StreamConfig struct {
 
 	// ClaimIdle is how long an entry must have sat pending, undelivered,
 	// before reclaim takes it over (DefaultClaimIdle). Set it above the
-	// longest time a handler may take, or slow entries are handled twice.
+	// longest time an entry may wait behind the others of its read (about
+	// Count × handler time / Concurrency) plus the handler's own time, or
+	// another consumer may claim and handle it a second time. (This
+	// consumer never runs an entry it still holds twice.)
 	ClaimIdle time.Duration
 	// ClaimInterval is the pause between reclaim scans, and between
 	// refreshes of the pending-entries gauges (DefaultClaimInterval). A scan
