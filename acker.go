@@ -3,63 +3,75 @@ package safesync
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // maxAckBatch bounds the ids of one XACK sent by an acker.
 const maxAckBatch = 512
 
 // acker acknowledges the entries whose handlers succeeded, for Run and
-// ClaimStale. Handlers hand it ids; one goroutine sends them as XACKs,
-// taking every id that arrived while the previous XACK was in flight, so
-// that under load one XACK covers many entries (as a hand-written loop that
-// acknowledges a read batch at once does), and when idle each entry is
+// ClaimStale. Workers hand it the ids they finished in bursts; one
+// goroutine sends them as XACKs, merging the bursts that arrived while the
+// previous XACK was in flight, so that under load one XACK covers many
+// entries (as a hand-written loop that acknowledges a read batch at once
+// does) and is sent while handling goes on, and when idle an entry is
 // acknowledged as soon as its handler returns.
 type acker struct {
 	core *streamCore
 	ctx  context.Context // values of Run's ctx, without its cancellation
-	ids  chan string
+	ids  chan []string
 	done chan struct{}
 
+	mu       sync.Mutex
 	failures int
 	lastErr  error
 }
 
 func newAcker(core *streamCore, ctx context.Context) *acker {
-	a := &acker{core: core, ctx: ctx, ids: make(chan string, 2*maxAckBatch), done: make(chan struct{})}
+	a := &acker{core: core, ctx: ctx, ids: make(chan []string, 64), done: make(chan struct{})}
 	go a.loop()
 	return a
 }
 
-// add queues id for acknowledgement. It blocks only while the queue is
-// full, which slows handlers down to the pace Redis acknowledges at.
-func (a *acker) add(id string) { a.ids <- id }
+// add queues ids for acknowledgement and takes ownership of the slice. It
+// blocks only while the queue is full, which slows handlers down to the
+// pace Redis acknowledges at.
+func (a *acker) add(ids []string) { a.ids <- ids }
 
 func (a *acker) loop() {
 	defer close(a.done)
 	batch := make([]string, 0, maxAckBatch)
-	for id := range a.ids {
-		batch = append(batch[:0], id)
-	fill:
+	for ids := range a.ids {
+		batch = append(batch[:0], ids...)
+	merge:
 		for len(batch) < maxAckBatch {
 			select {
-			case id, ok := <-a.ids:
+			case more, ok := <-a.ids:
 				if !ok {
-					break fill
+					break merge
 				}
-				batch = append(batch, id)
+				batch = append(batch, more...)
 			default:
-				break fill
+				break merge
 			}
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, ackTimeout)
 		_, err := a.core.ack(ctx, a.core.cfg.Stream, a.core.cfg.Group, batch)
 		cancel()
 		if err != nil {
-			a.failures++
-			a.lastErr = err
-			a.core.log.Error("safesync: acknowledgement failed; the entries stay pending and will be redelivered", "count", len(batch), "error", err)
+			a.failed(err)
 		}
 	}
+}
+
+// failed records an acknowledgement that failed elsewhere (sent with a
+// read), so that Run reports it. It is called by the reader only.
+func (a *acker) failed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.failures++
+	a.lastErr = err
+	a.core.log.Error("safesync: acknowledgement failed; the entries stay pending and will be redelivered", "error", err)
 }
 
 // close sends the acknowledgements still queued, stops the goroutine and
@@ -67,6 +79,8 @@ func (a *acker) loop() {
 func (a *acker) close() error {
 	close(a.ids)
 	<-a.done
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.failures == 0 {
 		return nil
 	}

@@ -18,10 +18,6 @@ const DataField = "data"
 // DeadLetterDecode) and goes on with the others.
 type Decoder[T any] func(fields map[string]string) (T, error)
 
-// Encoder turns a T into the fields of a stream entry, the inverse of a
-// Decoder. It must be safe for concurrent use.
-type Encoder[T any] func(v T) (map[string]string, error)
-
 // ErrDecode is matched by every error a consumer reports for an entry its
 // Decoder rejected (a *DecodeError), and by the errors JSON's decoder
 // returns.
@@ -87,8 +83,8 @@ func isJSONObject(b []byte) bool {
 // EncodeJSON writes v in the original's wire format: one field, "data",
 // holding v marshalled by encoding/json. v must marshal to a JSON object (a
 // struct, a map, or a json.RawMessage holding an object); anything else is
-// an error, since consumers of the wire format expect an object. It is an
-// Encoder for any T.
+// an error, since consumers of the wire format expect an object. JSON
+// decodes what it writes.
 func EncodeJSON[T any](v T) (map[string]string, error) {
 	b, err := json.Marshal(v)
 	if err != nil {

@@ -15,6 +15,10 @@ import (
 // MaxDeliveries, unless the error matches ErrPermanent (see Permanent):
 // then the entry is dead-lettered at once. A panic is recovered, counted in
 // handler_panics_total and treated like an error.
+//
+// A handler may acknowledge its entry itself, with Consumer.Ack (in a
+// transaction's after-commit hook, say); the consumer's own acknowledgement
+// then finds nothing pending and counts nothing.
 type Handler[T any] func(ctx context.Context, msg Message[T]) error
 
 // BatchHandler handles up to a batch size of entries at once, in stream
@@ -44,9 +48,12 @@ func OrderBy[T any](key func(Message[T]) string) ConsumerOption[T] {
 // its own (Next, Messages, Read, with Ack).
 //
 // A Consumer is safe for concurrent use, but only one of Run, RunBatch and
-// ClaimStale runs at a time on it; run several processes (or several
-// Consumers with different names) to scale out. It holds no connection of
-// its own: closing the rueidis client is the caller's business.
+// ClaimStale runs at a time on it (another returns ErrConsumerRunning), and
+// it should be driven either by those or by Next, Read and Messages, not
+// both, since they share its read position. Run several processes, or
+// Consumers with different names, to scale out. A Consumer holds no
+// connection of its own: closing the rueidis client is the caller's
+// business.
 type Consumer[T any] struct {
 	core   *streamCore
 	decode Decoder[T]
@@ -227,42 +234,43 @@ func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason str
 
 // read reads and decodes; see Read.
 func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error) {
-	raws, err := c.core.read(ctx, count)
+	raws, _, err := c.core.read(ctx, count, nil)
 	if err != nil {
 		return nil, err
 	}
-	return c.prepare(ctx, raws)
+	return c.prepare(ctx, raws, nil)
 }
 
 // prepare turns raw entries into messages. Entries past MaxDeliveries and
 // entries that cannot be decoded are dead-lettered instead; failures to
 // do so are returned joined, and those entries stay pending.
-func (c *Consumer[T]) prepare(ctx context.Context, raws []rawEntry) ([]Message[T], error) {
-	if len(raws) == 0 {
+// into, when it has room, receives the messages instead of a new slice.
+func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries, into []Message[T]) ([]Message[T], error) {
+	if raws.len() == 0 {
 		return nil, nil
 	}
 	cfg := &c.core.cfg
-	msgs := make([]Message[T], 0, len(raws))
+	msgs := into[:0]
+	if cap(msgs) < raws.len() {
+		msgs = make([]Message[T], 0, raws.len())
+	}
 	var errs []error
-	for _, r := range raws {
-		if r.deliveries > cfg.MaxDeliveries {
-			err := c.core.moveToDeadLetter(ctx, deadLetterEntry{
-				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
-			}, DeadLetterMaxDeliveries, fmt.Errorf("delivered %d times, more than MaxDeliveries %d", r.deliveries, cfg.MaxDeliveries))
-			errs = append(errs, err)
+	for i, x := range raws.xs {
+		deliveries := raws.delivered(i)
+		dead := deadLetterEntry{stream: cfg.Stream, group: cfg.Group, id: x.ID, fields: x.FieldValues, deliveries: deliveries}
+		if deliveries > cfg.MaxDeliveries {
+			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
+				fmt.Errorf("delivered %d times, more than MaxDeliveries %d", deliveries, cfg.MaxDeliveries)))
 			continue
 		}
-		v, err := c.decode(r.fields)
+		v, err := c.decode(x.FieldValues)
 		if err != nil {
-			derr := &DecodeError{Stream: cfg.Stream, ID: r.id, Err: err}
-			errs = append(errs, c.core.moveToDeadLetter(ctx, deadLetterEntry{
-				stream: cfg.Stream, group: cfg.Group, id: r.id, fields: r.fields, deliveries: r.deliveries,
-			}, DeadLetterDecode, derr))
+			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
 			continue
 		}
 		msgs = append(msgs, Message[T]{
-			ID: r.id, Stream: cfg.Stream, Group: cfg.Group,
-			Value: v, Fields: r.fields, Deliveries: r.deliveries,
+			ID: x.ID, Stream: cfg.Stream, Group: cfg.Group,
+			Value: v, Fields: x.FieldValues, Deliveries: deliveries,
 		})
 	}
 	return msgs, errors.Join(errs...)

@@ -40,11 +40,23 @@ type streamCore struct {
 	running atomic.Bool // Run, RunBatch or ClaimStale is running
 }
 
-// rawEntry is an entry as read, before decoding.
-type rawEntry struct {
-	id         string
-	fields     map[string]string // nil: deleted from the stream while pending
-	deliveries int64
+// rawEntries are entries as read, before decoding: ids and fields as
+// rueidis parsed them (fields nil for an entry deleted from the stream
+// while pending), and their delivery counts, nil when every entry was
+// delivered once.
+type rawEntries struct {
+	xs         []rueidis.XRangeEntry
+	deliveries []int64
+}
+
+func (r rawEntries) len() int { return len(r.xs) }
+
+// delivered returns how many times entry i has been delivered.
+func (r rawEntries) delivered(i int) int64 {
+	if r.deliveries == nil {
+		return 1
+	}
+	return r.deliveries[i]
 }
 
 func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
@@ -55,6 +67,14 @@ func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
 		metrics:     cfg.Metrics.forStream(cfg.Stream, cfg.Group),
 		pendingFrom: "0",
 	}
+}
+
+// rereadOwnPending makes the next read start again with this consumer's
+// own pending entries, as at a restart.
+func (s *streamCore) rereadOwnPending() {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	s.pendingFrom, s.waited = "0", false
 }
 
 // ensureGroup creates the group (and the stream) unless this consumer has
@@ -88,46 +108,78 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 // returns no entries and no error when that time passed without any. It is
 // safe for concurrent use.
 //
+// acks, when not empty, are acknowledged in the same round trip as the
+// first read command (XACK then XREADGROUP, pipelined), or on their own
+// before a blocking read; ackErr reports their failure, and those entries
+// stay pending.
+//
 // Read latency is recorded only for reads that returned entries without
 // waiting: after a read of new entries that returned some, the next read
 // is sent without BLOCK; only when that one returns nothing is a blocking
 // read sent, and its duration, mostly time spent waiting, is not recorded.
 // While a stream has a backlog every read is of the first kind.
-func (s *streamCore) read(ctx context.Context, count int) ([]rawEntry, error) {
+func (s *streamCore) read(ctx context.Context, count int, acks []string) (entries rawEntries, ackErr, err error) {
 	if err := s.ensureGroup(ctx); err != nil {
-		return nil, err
+		return rawEntries{}, s.ackAlone(ctx, acks), err
 	}
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
 	if s.pendingFrom != "" {
-		entries, err := s.readOwnPending(ctx, count)
-		if err != nil || len(entries) > 0 {
-			return entries, err
+		entries, ackErr, err = s.readOwnPending(ctx, count, acks)
+		acks = nil
+		if err != nil || entries.len() > 0 {
+			return entries, ackErr, err
 		}
 	}
 	if !s.waited {
 		start := time.Now()
-		entries, err := s.readNew(ctx, count, 0)
+		var err error
+		entries, ackErr, err = s.readNew(ctx, count, 0, acks)
+		acks = nil
 		if err != nil {
-			return nil, err
+			return rawEntries{}, ackErr, err
 		}
-		if len(entries) > 0 {
+		if entries.len() > 0 {
 			s.metrics.observeRead(time.Since(start))
-			return entries, nil
+			return entries, ackErr, nil
 		}
+	}
+	if len(acks) > 0 {
+		ackErr = s.ackAlone(ctx, acks)
 	}
 	block := blockFor(ctx, s.cfg.Block)
 	if block <= 0 {
 		s.waited = false
-		return nil, nil
+		return rawEntries{}, ackErr, nil
 	}
-	entries, err := s.readNew(ctx, count, block)
+	entries, _, err = s.readNew(ctx, count, block, nil)
 	if err != nil {
-		return nil, err
+		return rawEntries{}, ackErr, err
 	}
-	s.waited = len(entries) == 0
-	return entries, nil
+	s.waited = entries.len() == 0
+	return entries, ackErr, nil
+}
+
+// ackAlone acknowledges acks, if any, with the consumer's stream and group.
+func (s *streamCore) ackAlone(ctx context.Context, acks []string) error {
+	if len(acks) == 0 {
+		return nil
+	}
+	ctx, cancel := quick(ctx)
+	defer cancel()
+	_, err := s.ack(ctx, s.cfg.Stream, s.cfg.Group, acks)
+	return err
+}
+
+// doAfterAcks sends cmd, preceded by an XACK of acks in the same round trip
+// when there are any, and returns cmd's result and the XACK's failure.
+func (s *streamCore) doAfterAcks(ctx context.Context, acks []string, cmd rueidis.Completed) (rueidis.RedisResult, error) {
+	if len(acks) == 0 {
+		return s.client.Do(ctx, cmd), nil
+	}
+	res := s.client.DoMulti(ctx, s.client.B().Xack().Key(s.cfg.Stream).Group(s.cfg.Group).Id(acks...).Build(), cmd)
+	return res[1], s.countAck(res[0], len(acks))
 }
 
 // readNew reads entries never delivered to the group (">"), with BLOCK when
@@ -135,53 +187,59 @@ func (s *streamCore) read(ctx context.Context, count int) ([]rawEntry, error) {
 // cancelling ctx returns at once and closes that connection (entries the
 // server delivered in that instant stay pending under this consumer and
 // are re-read on its next start, or reclaimed).
-func (s *streamCore) readNew(ctx context.Context, count int, block time.Duration) ([]rawEntry, error) {
+func (s *streamCore) readNew(ctx context.Context, count int, block time.Duration, acks []string) (rawEntries, error, error) {
 	g := s.client.B().Xreadgroup().Group(s.cfg.Group, s.cfg.Consumer).Count(int64(count))
 	var cmd rueidis.Completed
 	if block > 0 {
 		cmd = g.Block(block.Milliseconds()).Streams().Key(s.cfg.Stream).Id(">").Build()
 	} else {
 		cmd = g.Streams().Key(s.cfg.Stream).Id(">").Build()
+		var cancel context.CancelFunc
+		ctx, cancel = quick(ctx)
+		defer cancel()
 	}
-	entries, err := s.parseRead(s.client.Do(ctx, cmd))
+	res, ackErr := s.doAfterAcks(ctx, acks, cmd)
+	xs, err := s.parseRead(res)
 	if err != nil {
-		return nil, err
+		return rawEntries{}, ackErr, err
 	}
-	for i := range entries {
-		entries[i].deliveries = 1
-	}
-	s.metrics.countRead(len(entries))
-	return entries, nil
+	s.metrics.countRead(len(xs))
+	return rawEntries{xs: xs}, ackErr, nil
 }
 
 // readOwnPending re-reads entries delivered to this consumer and not yet
 // acknowledged, after s.pendingFrom. Redis counts this as a delivery; the
 // counts are looked up with XPENDING. Entries deleted from the stream while
 // pending come back without fields and are acknowledged away.
-func (s *streamCore) readOwnPending(ctx context.Context, count int) ([]rawEntry, error) {
+func (s *streamCore) readOwnPending(ctx context.Context, count int, acks []string) (rawEntries, error, error) {
+	ctx, cancel := quick(ctx)
+	defer cancel()
 	cmd := s.client.B().Xreadgroup().Group(s.cfg.Group, s.cfg.Consumer).Count(int64(count)).
 		Streams().Key(s.cfg.Stream).Id(s.pendingFrom).Build()
-	entries, err := s.parseRead(s.client.Do(ctx, cmd))
+	res, ackErr := s.doAfterAcks(ctx, acks, cmd)
+	xs, err := s.parseRead(res)
 	if err != nil {
-		return nil, err
+		return rawEntries{}, ackErr, err
 	}
-	if len(entries) == 0 {
+	if len(xs) == 0 {
 		s.pendingFrom = ""
-		return nil, nil
+		return rawEntries{}, ackErr, nil
 	}
-	s.pendingFrom = entries[len(entries)-1].id
-	entries, err = s.withDeliveries(ctx, s.dropDeleted(ctx, entries))
+	s.pendingFrom = xs[len(xs)-1].ID
+	entries, err := s.withDeliveries(ctx, s.dropDeleted(ctx, xs))
 	if err != nil {
-		return nil, err
+		return rawEntries{}, ackErr, err
 	}
-	s.metrics.countRead(len(entries))
-	if len(entries) > 0 {
-		s.log.Info("safesync: re-read own pending entries", "count", len(entries), "first", entries[0].id)
+	s.metrics.countRead(entries.len())
+	if entries.len() > 0 {
+		s.log.Info("safesync: re-read own pending entries", "count", entries.len(), "first", entries.xs[0].ID)
 	}
-	return entries, nil
+	return entries, ackErr, nil
 }
 
-func (s *streamCore) parseRead(res rueidis.RedisResult) ([]rawEntry, error) {
+// parseRead returns the entries of the consumer's stream in an XREADGROUP
+// reply; none when BLOCK timed out.
+func (s *streamCore) parseRead(res rueidis.RedisResult) ([]rueidis.XRangeEntry, error) {
 	streams, err := res.AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil // BLOCK timed out
@@ -189,27 +247,19 @@ func (s *streamCore) parseRead(res rueidis.RedisResult) ([]rawEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	xs := streams[s.cfg.Stream]
-	if len(xs) == 0 {
-		return nil, nil
-	}
-	entries := make([]rawEntry, len(xs))
-	for i, x := range xs {
-		entries[i] = rawEntry{id: x.ID, fields: x.FieldValues}
-	}
-	return entries, nil
+	return streams[s.cfg.Stream], nil
 }
 
 // dropDeleted acknowledges entries that were deleted from the stream while
 // pending and returns the others.
-func (s *streamCore) dropDeleted(ctx context.Context, entries []rawEntry) []rawEntry {
+func (s *streamCore) dropDeleted(ctx context.Context, xs []rueidis.XRangeEntry) []rueidis.XRangeEntry {
 	var gone []string
-	kept := entries[:0]
-	for _, e := range entries {
-		if e.fields == nil {
-			gone = append(gone, e.id)
+	kept := xs[:0]
+	for _, x := range xs {
+		if x.FieldValues == nil {
+			gone = append(gone, x.ID)
 		} else {
-			kept = append(kept, e)
+			kept = append(kept, x)
 		}
 	}
 	if len(gone) > 0 {
@@ -220,26 +270,27 @@ func (s *streamCore) dropDeleted(ctx context.Context, entries []rawEntry) []rawE
 	return kept
 }
 
-// withDeliveries fills in the delivery counts of entries pending under this
-// consumer, one XPENDING per entry, pipelined.
-func (s *streamCore) withDeliveries(ctx context.Context, entries []rawEntry) ([]rawEntry, error) {
-	if len(entries) == 0 {
+// withDeliveries looks up the delivery counts of entries pending under
+// this consumer, one XPENDING per entry, pipelined.
+func (s *streamCore) withDeliveries(ctx context.Context, xs []rueidis.XRangeEntry) (rawEntries, error) {
+	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs))}
+	if len(xs) == 0 {
 		return entries, nil
 	}
-	cmds := make(rueidis.Commands, len(entries))
-	for i, e := range entries {
-		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(e.id).End(e.id).Count(1).Build()
+	cmds := make(rueidis.Commands, len(xs))
+	for i, x := range xs {
+		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
 	}
 	for i, res := range s.client.DoMulti(ctx, cmds...) {
 		rows, err := res.ToArray()
 		if err != nil {
-			return nil, fmt.Errorf("safesync: delivery count of %s: %w", entries[i].id, err)
+			return rawEntries{}, fmt.Errorf("safesync: delivery count of %s: %w", xs[i].ID, err)
 		}
-		entries[i].deliveries = 1
+		entries.deliveries[i] = 1
 		if len(rows) == 1 {
 			if row, err := rows[0].ToArray(); err == nil && len(row) == 4 {
 				if n, err := row[3].AsInt64(); err == nil {
-					entries[i].deliveries = n
+					entries.deliveries[i] = n
 				}
 			}
 		}
@@ -250,13 +301,41 @@ func (s *streamCore) withDeliveries(ctx context.Context, entries []rawEntry) ([]
 // ack acknowledges ids in one XACK and returns how many were pending. A
 // failure is counted in ack_failures_total and returned.
 func (s *streamCore) ack(ctx context.Context, stream, group string, ids []string) (int64, error) {
-	n, err := s.client.Do(ctx, s.client.B().Xack().Key(stream).Group(group).Id(ids...).Build()).AsInt64()
+	res := s.client.Do(ctx, s.client.B().Xack().Key(stream).Group(group).Id(ids...).Build())
+	if err := s.countAck(res, len(ids)); err != nil {
+		return 0, fmt.Errorf("safesync: acknowledge entries of %q: %w", stream, err)
+	}
+	n, _ := res.AsInt64()
+	return n, nil
+}
+
+// countAck counts an XACK's result: the entries it acknowledged, or its
+// failure, which it returns.
+func (s *streamCore) countAck(res rueidis.RedisResult, sent int) error {
+	n, err := res.AsInt64()
 	if err != nil {
 		s.metrics.countAckFailure()
-		return 0, fmt.Errorf("safesync: acknowledge %d entries of %q: %w", len(ids), stream, err)
+		return fmt.Errorf("XACK of %d entries: %w", sent, err)
 	}
 	s.metrics.countAcked(n)
-	return n, nil
+	return nil
+}
+
+// quickTimeout bounds a command that does not block in Redis.
+const quickTimeout = 10 * time.Second
+
+// quick returns the ctx for a command that does not block in Redis: ctx's
+// values and deadline, and when ctx has no deadline, quickTimeout instead
+// of ctx's cancellation. rueidis sends a command whose ctx has a deadline
+// straight down its connection when nothing else is using it, but a
+// command whose ctx can be cancelled and has no deadline always through
+// its background pipeline, two goroutine hand-offs more; such a command
+// returns within a round trip, so not cancelling it early costs nothing.
+func quick(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), quickTimeout)
 }
 
 // ErrConsumerRunning is returned by Run, RunBatch and ClaimStale when one

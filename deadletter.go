@@ -184,7 +184,7 @@ func (s *streamCore) execDeadLetter(ctx context.Context, xadd, xack rueidis.Comp
 
 // atomicWith reports whether one MULTI/EXEC may touch both keys.
 func (s *streamCore) atomicWith(a, b string) bool {
-	return s.client.Mode() != rueidis.ClientModeCluster || keySlot(a) == keySlot(b)
+	return s.client.Mode() != rueidis.ClientModeCluster || KeySlot(a) == KeySlot(b)
 }
 
 func truncate(s string, n int) string {
@@ -194,10 +194,11 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "")
 }
 
-// keySlot returns the Redis Cluster hash slot of key: CRC16 (XMODEM) of the
-// key, or of its hash tag, the part between the first "{" and the next "}"
-// when that part is not empty, modulo 16384.
-func keySlot(key string) uint16 {
+// KeySlot returns the Redis Cluster hash slot of key, as CLUSTER KEYSLOT
+// does: CRC16 (XMODEM) of the key, or of its hash tag, the part between the
+// first "{" and the next "}" when that part is not empty, modulo 16384.
+// Keys with the same slot can be written in one MULTI/EXEC on a cluster.
+func KeySlot(key string) uint16 {
 	if open := strings.IndexByte(key, '{'); open >= 0 {
 		if n := strings.IndexByte(key[open+1:], '}'); n > 0 {
 			key = key[open+1 : open+1+n]

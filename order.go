@@ -2,8 +2,8 @@ package safesync
 
 import "sync"
 
-// orderer keeps per-key order among units (one entry, or one batch, each
-// holding a concurrency slot). Every key has a lane, the queue of admitted
+// orderer keeps per-key order among units (one entry, or one batch). Every
+// key has a lane, the queue of admitted
 // units that contain it, in admission order; a unit runs when it is at the
 // head of all its lanes, so two units sharing a key never overlap and run
 // in the order they were admitted. Admission follows stream order, since
@@ -21,7 +21,7 @@ type unitOrder struct {
 	keys    []string // distinct keys of the unit's entries
 	blocked int      // lanes in which the unit is not yet at the head
 	started bool
-	payload any // the unit itself, handed back by finish and stop
+	payload any // the unit itself, handed back by finish
 }
 
 func newOrderer() *orderer {
@@ -52,6 +52,9 @@ func (o *orderer) admit(u *unitOrder) bool {
 func (o *orderer) finish(u *unitOrder) []*unitOrder {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.stopped {
+		return nil
+	}
 	var ready []*unitOrder
 	for _, k := range u.keys {
 		lane := o.lanes[k]
@@ -73,21 +76,10 @@ func (o *orderer) finish(u *unitOrder) []*unitOrder {
 	return ready
 }
 
-// stop prevents any further start and returns the units admitted but never
-// started, whose slots the caller releases.
-func (o *orderer) stop() []*unitOrder {
+// stop prevents any further start; the units still queued never run.
+func (o *orderer) stop() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.stopped = true
-	seen := map[*unitOrder]bool{}
-	var waiting []*unitOrder
-	for _, lane := range o.lanes {
-		for _, u := range lane {
-			if !u.started && !seen[u] {
-				seen[u] = true
-				waiting = append(waiting, u)
-			}
-		}
-	}
-	return waiting
+	clear(o.lanes)
 }

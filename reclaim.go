@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/puddle/v2"
 	"github.com/redis/rueidis"
 )
 
@@ -54,19 +53,15 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, now bool) error {
 func (e *engine[T]) claimPass(ctx context.Context) error {
 	cursor := endCursor
 	for {
-		first, err := e.slots.Acquire(ctx)
-		if err != nil {
+		free := e.sched.waitFreeSlots(ctx)
+		if free == 0 {
 			return nil // ctx ended
 		}
-		held := append([]*puddle.Resource[struct{}]{first}, e.slots.AcquireAllIdle()...)
-		next, raws, err := e.core.autoclaim(ctx, cursor, len(held)*e.unitSize)
+		next, raws, err := e.core.autoclaim(ctx, cursor, free*e.unitSize)
 		if err != nil {
-			for _, s := range held {
-				s.Release()
-			}
 			return err
 		}
-		e.dispatch(ctx, e.prepare(ctx, raws), held)
+		e.sched.admit(e.prepare(ctx, raws, nil), e.unitSize, e.c.key, true, nil)
 		if next == endCursor {
 			return nil
 		}
@@ -79,32 +74,29 @@ func (e *engine[T]) claimPass(ctx context.Context) error {
 // Entries deleted from the stream while pending (listed by Redis 7 in the
 // reply's third element; returned without fields by Redis 6.2) are
 // acknowledged away.
-func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (string, []rawEntry, error) {
+func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (string, rawEntries, error) {
 	cmd := s.client.B().Xautoclaim().Key(s.cfg.Stream).Group(s.cfg.Group).Consumer(s.cfg.Consumer).
 		MinIdleTime(fmt.Sprint(s.cfg.ClaimIdle.Milliseconds())).Start(cursor).Count(int64(count)).Build()
+	none := rawEntries{}
 	reply, err := s.client.Do(ctx, cmd).ToArray()
 	if err != nil {
-		return "", nil, err
+		return "", none, err
 	}
 	if len(reply) < 2 {
-		return "", nil, fmt.Errorf("XAUTOCLAIM returned %d elements", len(reply))
+		return "", none, fmt.Errorf("XAUTOCLAIM returned %d elements", len(reply))
 	}
 	next, err := reply[0].ToString()
 	if err != nil {
-		return "", nil, err
+		return "", none, err
 	}
 	xs, err := reply[1].AsXRange()
 	if err != nil {
-		return "", nil, err
-	}
-	entries := make([]rawEntry, 0, len(xs))
-	for _, x := range xs {
-		entries = append(entries, rawEntry{id: x.ID, fields: x.FieldValues})
+		return "", none, err
 	}
 	if len(reply) > 2 {
 		deleted, err := reply[2].AsStrSlice()
 		if err != nil {
-			return "", nil, err
+			return "", none, err
 		}
 		if len(deleted) > 0 {
 			if _, err := s.ack(ctx, s.cfg.Stream, s.cfg.Group, deleted); err != nil {
@@ -112,12 +104,12 @@ func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (s
 			}
 		}
 	}
-	entries = s.dropDeleted(ctx, entries)
-	s.metrics.countClaimed(len(entries))
-	if len(entries) > 0 {
-		s.log.Info("safesync: claimed stale entries", "count", len(entries), "first", entries[0].id)
+	xs = s.dropDeleted(ctx, xs)
+	s.metrics.countClaimed(len(xs))
+	if len(xs) > 0 {
+		s.log.Info("safesync: claimed stale entries", "count", len(xs), "first", xs[0].ID)
 	}
-	entries, err = s.withDeliveries(ctx, entries)
+	entries, err := s.withDeliveries(ctx, xs)
 	return next, entries, err
 }
 

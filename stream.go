@@ -77,7 +77,10 @@ type StreamConfig struct {
 
 	// ClaimIdle is how long an entry must have sat pending, undelivered,
 	// before reclaim takes it over (DefaultClaimIdle). Set it above the
-	// longest time a handler may take, or slow entries are handled twice.
+	// longest time an entry may wait behind the others of its read (about
+	// Count × handler time / Concurrency) plus the handler's own time, or
+	// another consumer may claim and handle it a second time. (This
+	// consumer never runs an entry it still holds twice.)
 	ClaimIdle time.Duration
 	// ClaimInterval is the pause between reclaim scans, and between
 	// refreshes of the pending-entries gauges (DefaultClaimInterval). A scan
@@ -101,6 +104,14 @@ type StreamConfig struct {
 	Logger *slog.Logger
 	// Metrics records reads, acks, claims, dead letters, handler latency and
 	// pending gauges. Nil means DefaultMetrics().
+	//
+	// read_latency_seconds excludes time spent blocked waiting for entries:
+	// it records only reads that returned entries without BLOCK. After a
+	// read that returned entries the next is sent without BLOCK; only when
+	// that one comes back empty is a blocking read sent, and its duration,
+	// mostly waiting, is not recorded. While there is a backlog every read
+	// is recorded. pending_entries and oldest_pending_age_seconds are
+	// refreshed every ClaimInterval by Run and ClaimStale.
 	Metrics *Metrics
 }
 

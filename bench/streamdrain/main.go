@@ -1,0 +1,411 @@
+// Command streamdrain measures how fast a consumer group drains a stream of
+// pre-filled entries with a no-op handler and a JSON decode, for safesync's
+// Consumer against a hand-written rueidis loop and watermill-redisstream, on
+// one Redis, side by side in one run.
+//
+//	go run ./streamdrain -redis 127.0.0.1:6379 -n 100000 -reps 5
+//
+// Every repetition refills a fresh stream for each contender, in a rotating
+// order, and checks afterwards that every entry was delivered once and
+// acknowledged. It prints the median time, the throughput, allocations and
+// bytes per entry (runtime.MemStats over the drain, whole process), and the
+// ratios of each safesync variant to the hand-written loop and to
+// watermill.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
+
+	"github.com/safesync-go/safesync"
+)
+
+// order is the payload: what the Python original's json.dumps would write.
+type order struct {
+	OrderID int64  `json:"order_id"`
+	Amount  int64  `json:"amount"`
+	Note    string `json:"note"`
+}
+
+var (
+	addr  = flag.String("redis", "127.0.0.1:6379", "Redis address (loopback)")
+	n     = flag.Int("n", 100_000, "entries per drain")
+	reps  = flag.Int("reps", 5, "repetitions of each contender")
+	count = flag.Int("count", 100, "entries per read (XREADGROUP COUNT) for the batched contenders")
+	only  = flag.String("only", "", `run only the contenders whose names match this regular expression ("fast": all but watermill)`)
+	prof  = flag.String("cpuprofile", "", "write a CPU profile of the drains to this file")
+)
+
+// contender drains stream with a client of its own, so that how one uses
+// its connections (rueidis switches a connection to background pipelining
+// once it is used concurrently) does not affect the next.
+type contender struct {
+	name  string
+	drain func(ctx context.Context, client rueidis.Client, stream string) error
+}
+
+type sample struct {
+	elapsed       time.Duration
+	allocs, bytes float64 // per entry
+}
+
+func main() {
+	flag.Parse()
+	ctx := context.Background()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	contenders := []contender{
+		{"hand-written rueidis loop", handLoop},
+		{"safesync Run", func(ctx context.Context, c rueidis.Client, s string) error { return safesyncRun(ctx, c, s, 1) }},
+		{"safesync Run, Concurrency 4", func(ctx context.Context, c rueidis.Client, s string) error { return safesyncRun(ctx, c, s, 4) }},
+		{"safesync RunBatch", safesyncBatch},
+		{"watermill-redisstream", func(ctx context.Context, _ rueidis.Client, s string) error { return watermillDrain(ctx, s) }},
+	}
+	if *only == "fast" { // everything but watermill, which takes a minute a repetition
+		contenders = contenders[:len(contenders)-1]
+	} else if *only != "" {
+		re := regexp.MustCompile(*only)
+		contenders = slices.DeleteFunc(contenders, func(c contender) bool { return !re.MatchString(c.name) })
+	}
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	results := map[string][]sample{}
+	for rep := range *reps {
+		for i := range contenders {
+			c := contenders[(i+rep)%len(contenders)]
+			stream := fmt.Sprintf("bench:drain:%d:%d", rep, i)
+			s, err := measure(ctx, client, c, stream)
+			if err != nil {
+				log.Fatalf("%s, repetition %d: %v", c.name, rep+1, err)
+			}
+			results[c.name] = append(results[c.name], s)
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.1f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), rate(s.elapsed))
+		}
+	}
+	report(contenders, results)
+}
+
+// measure fills stream, drains it with c, checks that nothing is left
+// pending, and deletes it.
+func measure(ctx context.Context, client rueidis.Client, c contender, stream string) (sample, error) {
+	defer client.Do(ctx, client.B().Del().Key(stream).Build())
+	if err := fill(ctx, client, stream); err != nil {
+		return sample{}, err
+	}
+	own, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*addr}, DisableCache: true})
+	if err != nil {
+		return sample{}, err
+	}
+	defer own.Close()
+	if err := own.Do(ctx, own.B().Ping().Build()).Error(); err != nil { // connect before the clock starts
+		return sample{}, err
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	if err := c.drain(ctx, own, stream); err != nil {
+		return sample{}, err
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if err := checkDrained(ctx, client, stream); err != nil {
+		return sample{}, err
+	}
+	return sample{
+		elapsed: elapsed,
+		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
+		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+	}, nil
+}
+
+// fill adds n entries in the original's wire format and creates the group
+// at the start of the stream.
+func fill(ctx context.Context, client rueidis.Client, stream string) error {
+	if err := client.Do(ctx, client.B().Del().Key(stream).Build()).Error(); err != nil {
+		return err
+	}
+	const chunk = 1000
+	for i := 0; i < *n; i += chunk {
+		cmds := make(rueidis.Commands, 0, chunk)
+		for j := i; j < min(i+chunk, *n); j++ {
+			b, _ := json.Marshal(order{OrderID: int64(j), Amount: 5, Note: "bench"})
+			cmds = append(cmds, client.B().Xadd().Key(stream).Id("*").FieldValue().FieldValue("data", string(b)).Build())
+		}
+		for _, r := range client.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return err
+			}
+		}
+	}
+	return client.Do(ctx, client.B().XgroupCreate().Key(stream).Group("g").Id("0").Build()).Error()
+}
+
+func checkDrained(ctx context.Context, client rueidis.Client, stream string) error {
+	summary, err := client.Do(ctx, client.B().Xpending().Key(stream).Group("g").Build()).ToArray()
+	if err != nil {
+		return err
+	}
+	if p, _ := summary[0].AsInt64(); p != 0 {
+		return fmt.Errorf("%d entries still pending", p)
+	}
+	groups, err := client.Do(ctx, client.B().XinfoGroups().Key(stream).Build()).ToArray()
+	if err != nil {
+		return err
+	}
+	info, err := groups[0].AsMap()
+	if err != nil {
+		return err
+	}
+	entriesRead := info["entries-read"]
+	if read, _ := entriesRead.AsInt64(); read != int64(*n) {
+		return fmt.Errorf("group read %d entries, want %d", read, *n)
+	}
+	return nil
+}
+
+// handLoop is the reference: XREADGROUP COUNT n, decode each entry, one
+// XACK for the batch, until the stream is drained.
+func handLoop(ctx context.Context, client rueidis.Client, stream string) error {
+	ids := make([]string, 0, *count)
+	for done := 0; done < *n; {
+		xs, err := client.Do(ctx, client.B().Xreadgroup().Group("g", "hand").Count(int64(*count)).
+			Streams().Key(stream).Id(">").Build()).AsXRead()
+		if err != nil {
+			return err
+		}
+		entries := xs[stream]
+		if len(entries) == 0 {
+			return errors.New("stream empty before the end")
+		}
+		ids = ids[:0]
+		for _, e := range entries {
+			var o order
+			if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
+				return err
+			}
+			ids = append(ids, e.ID)
+		}
+		if err := client.Do(ctx, client.B().Xack().Key(stream).Group("g").Id(ids...).Build()).Error(); err != nil {
+			return err
+		}
+		done += len(entries)
+	}
+	return nil
+}
+
+var metrics = func() *safesync.Metrics {
+	m, err := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return m
+}()
+
+func streamConfig(stream string, concurrency int) safesync.StreamConfig {
+	return safesync.StreamConfig{
+		Stream: stream, Group: "g", Consumer: "safesync",
+		Count: *count, Concurrency: concurrency,
+		Metrics: metrics,
+	}
+}
+
+// safesyncRun drains with Consumer.Run: the handler is called per entry,
+// up to concurrency at a time, and the consumer acknowledges.
+func safesyncRun(ctx context.Context, client rueidis.Client, stream string, concurrency int) error {
+	c, err := safesync.NewConsumer(client, streamConfig(stream, concurrency), safesync.JSON[order]())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var handled atomic.Int64
+	err = c.Run(ctx, func(context.Context, safesync.Message[order]) error {
+		if handled.Add(1) == int64(*n) {
+			cancel() // Run acknowledges the last entries before it returns
+		}
+		return nil
+	})
+	if handled.Load() != int64(*n) {
+		return fmt.Errorf("handled %d entries", handled.Load())
+	}
+	return err
+}
+
+// safesyncBatch drains with Consumer.RunBatch: the handler gets up to count
+// entries and acknowledges them with one Ack.
+func safesyncBatch(ctx context.Context, client rueidis.Client, stream string) error {
+	c, err := safesync.NewConsumer(client, streamConfig(stream, 1), safesync.JSON[order]())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var handled atomic.Int64
+	err = c.RunBatch(ctx, *count, func(ctx context.Context, msgs []safesync.Message[order]) error {
+		if err := c.Ack(ctx, msgs...); err != nil {
+			return err
+		}
+		if handled.Add(int64(len(msgs))) == int64(*n) {
+			cancel()
+		}
+		return nil
+	})
+	if handled.Load() != int64(*n) {
+		return fmt.Errorf("handled %d entries", handled.Load())
+	}
+	return err
+}
+
+// dataUnmarshaller reads the original's wire format (one field "data")
+// into a watermill message, instead of watermill's own format.
+type dataUnmarshaller struct{}
+
+func (dataUnmarshaller) Unmarshal(values map[string]any) (*message.Message, error) {
+	data, ok := values["data"].(string)
+	if !ok {
+		return nil, errors.New("no data field")
+	}
+	return message.NewMessage("", []byte(data)), nil
+}
+
+// watermillDrain drains with a watermill-redisstream subscriber in a
+// consumer group, acknowledging each message after decoding it.
+func watermillDrain(ctx context.Context, stream string) error {
+	rdb := goredis.NewClient(&goredis.Options{Addr: *addr})
+	defer rdb.Close()
+	sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
+		Client:        rdb,
+		Unmarshaller:  dataUnmarshaller{},
+		Consumer:      "watermill",
+		ConsumerGroup: "g",
+		OldestId:      "0",
+		BlockTime:     100 * time.Millisecond,
+		ClaimInterval: time.Hour,
+		MaxIdleTime:   time.Hour,
+
+		DisableIndefiniteInitialBlock: true,
+	}, watermill.NopLogger{})
+	if err != nil {
+		return err
+	}
+	msgs, err := sub.Subscribe(ctx, stream)
+	if err != nil {
+		return err
+	}
+	for range *n {
+		m, ok := <-msgs
+		if !ok {
+			return errors.New("subscription closed early")
+		}
+		var o order
+		if err := json.Unmarshal(m.Payload, &o); err != nil {
+			return err
+		}
+		m.Ack()
+	}
+	// The subscriber acknowledges in the background: wait for the last.
+	deadline := time.Now().Add(10 * time.Second)
+	for pending(ctx, rdb, stream) > 0 {
+		if time.Now().After(deadline) {
+			return errors.New("acknowledgements still pending after 10s")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	return sub.Close()
+}
+
+func pending(ctx context.Context, rdb *goredis.Client, stream string) int64 {
+	p, err := rdb.XPending(ctx, stream, "g").Result()
+	if err != nil {
+		return -1
+	}
+	return p.Count
+}
+
+func report(contenders []contender, results map[string][]sample) {
+	med := map[string]sample{}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t\n")
+	for _, c := range contenders {
+		s := median(results[c.name])
+		med[c.name] = s
+		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.elapsed), rate(s.elapsed), s.allocs, s.bytes)
+	}
+	w.Flush()
+	hand, hasHand := med["hand-written rueidis loop"]
+	wm, hasWM := med["watermill-redisstream"]
+	fmt.Println()
+	for _, c := range contenders {
+		s := med[c.name]
+		if c.name == "hand-written rueidis loop" || c.name == "watermill-redisstream" {
+			continue
+		}
+		line := c.name + ":"
+		if hasHand {
+			line += fmt.Sprintf("  %.2fx the hand-written loop (median of repetitions: %.2fx)",
+				float64(hand.elapsed)/float64(s.elapsed), pairedRatio(results["hand-written rueidis loop"], results[c.name]))
+		}
+		if hasWM {
+			line += fmt.Sprintf("  %.1fx watermill-redisstream", float64(wm.elapsed)/float64(s.elapsed))
+		}
+		fmt.Println(line)
+	}
+	fmt.Printf("\n%d entries per drain, %d repetitions, COUNT %s, GOMAXPROCS %d, %s\n",
+		*n, *reps, strconv.Itoa(*count), runtime.GOMAXPROCS(0), runtime.Version())
+}
+
+// pairedRatio is the median over repetitions of ref's time over s's time
+// in the same repetition: less sensitive than a ratio of medians to load
+// that changes during the run.
+func pairedRatio(ref, s []sample) float64 {
+	var r []float64
+	for i := range min(len(ref), len(s)) {
+		r = append(r, float64(ref[i].elapsed)/float64(s[i].elapsed))
+	}
+	slices.Sort(r)
+	return r[len(r)/2]
+}
+
+// median returns the sample with the median time, its allocations with it.
+func median(s []sample) sample {
+	s = slices.Clone(s)
+	slices.SortFunc(s, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func rate(d time.Duration) float64 { return float64(*n) / d.Seconds() }

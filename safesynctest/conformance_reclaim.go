@@ -1,0 +1,186 @@
+package safesynctest
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/safesync-go/safesync"
+)
+
+func reclaimRespectsIdle(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	id := e.publish(1, 1)[0]
+	delivered := time.Now()
+	if _, err := e.consumer(e.config("crashed")).Next(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config("rescuer")
+	cfg.ClaimIdle, cfg.ClaimInterval = time.Second, 20*time.Millisecond
+	var handledAt atomic.Int64
+	var rec recorder
+	c := e.consumer(cfg)
+	r := start(func(ctx context.Context) error {
+		return c.ClaimStale(ctx, func(ctx context.Context, m safesync.Message[order]) error {
+			handledAt.CompareAndSwap(0, time.Now().UnixNano())
+			rec.add(m)
+			return nil
+		})
+	})
+	waitFor(t, 10*time.Second, "the stale entry to be reclaimed", func() bool { return rec.len() > 0 })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if idle := time.Duration(handledAt.Load() - delivered.UnixNano()); idle < time.Second {
+		t.Fatalf("entry reclaimed %v after its delivery, before ClaimIdle (1s)", idle)
+	}
+	if m := rec.msgs[0]; rec.len() != 1 || m.ID != id || m.Deliveries != 2 {
+		t.Fatalf("reclaimed %+v, want entry %s once with 2 deliveries", rec.msgs, id)
+	}
+	if p := pendingIDs(t, e.client, e.stream); len(p) != 0 {
+		t.Fatalf("pending after reclaim = %v", p)
+	}
+}
+
+func reclaimBeyondThousand(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	ctx := ctxFor(t, 30*time.Second)
+	ids := e.publish(1, 1100)
+	cfg := e.config("busy")
+	cfg.Count = 2000
+	if msgs, err := e.consumer(cfg).Read(ctx); err != nil || len(msgs) != 1100 {
+		t.Fatalf("read %d, %v", len(msgs), err)
+	}
+	const idle = 2 * time.Second
+	time.Sleep(idle + 100*time.Millisecond)
+	// The first 1000 pending entries are being worked on again (XCLAIM to
+	// the same consumer resets their idle time); only the last 100 are
+	// stale. A reclaim that looks at the oldest N pending entries only
+	// never reaches them.
+	err := e.client.Do(ctx, e.client.B().Xclaim().Key(e.stream).Group("workers").Consumer("busy").MinIdleTime("0").
+		Id(ids[:1000]...).Justid().Build()).Error()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = e.config("rescuer")
+	cfg.ClaimIdle, cfg.Concurrency = idle, 10
+	var rec recorder
+	c := e.consumer(cfg)
+	h := rec.handler(nil)
+	r := start(func(ctx context.Context) error { return c.ClaimStale(ctx, h) })
+	waitFor(t, idle/2, "the 100 stale entries behind 1000 busy ones to be reclaimed", func() bool { return rec.len() >= 100 })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.ids()
+	slices.SortFunc(got, compareIDs)
+	if !slices.Equal(got, ids[1000:]) {
+		t.Fatalf("reclaimed %d entries, want exactly the last 100 (%s…%s)", len(got), ids[1000], ids[1099])
+	}
+	busy := 0
+	for _, p := range Pending(t, e.client, e.stream, "workers") {
+		if p.Consumer == "busy" {
+			busy++
+		}
+	}
+	if busy != 1000 {
+		t.Fatalf("%d entries left with the busy consumer, want 1000", busy)
+	}
+}
+
+func fullClaimBatchFollowed(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	e.publish(1, 50)
+	cfg := e.config("crashed")
+	if msgs, err := e.consumer(cfg).Read(ctxFor(t, 5*time.Second)); err != nil || len(msgs) != 50 {
+		t.Fatalf("read %d, %v", len(msgs), err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	cfg = e.config("rescuer")
+	cfg.ClaimIdle, cfg.Concurrency = 100*time.Millisecond, 5 // ClaimInterval stays 1h
+	var rec recorder
+	c := e.consumer(cfg)
+	h := rec.handler(nil)
+	r := start(func(ctx context.Context) error { return c.ClaimStale(ctx, h) })
+	// Each claim takes at most 5 (the free slots); waiting ClaimInterval
+	// after a full claim would leave 45 entries for an hour.
+	waitFor(t, 10*time.Second, "50 stale entries reclaimed in one scan, 5 at a time", func() bool { return rec.len() >= 50 })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if claimed := e.metric("coti_safesync_queue_messages_claimed_total", map[string]string{"stream": e.stream}); claimed != 50 {
+		t.Fatalf("messages_claimed_total = %v, want 50", claimed)
+	}
+}
+
+func reclaimDeleted(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	ctx := ctxFor(t, 10*time.Second)
+	ids := e.publish(1, 2)
+	if msgs, err := e.consumer(e.config("crashed")).Read(ctx); err != nil || len(msgs) != 2 {
+		t.Fatalf("read %d, %v", len(msgs), err)
+	}
+	if err := e.client.Do(ctx, e.client.B().Xdel().Key(e.stream).Id(ids[0]).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	cfg := e.config("rescuer")
+	cfg.ClaimIdle, cfg.ClaimInterval = 100*time.Millisecond, 20*time.Millisecond
+	var rec recorder
+	c := e.consumer(cfg)
+	h := rec.handler(nil)
+	r := start(func(ctx context.Context) error { return c.ClaimStale(ctx, h) })
+	waitFor(t, 10*time.Second, "the live entry reclaimed and the deleted one gone from the pending list", func() bool {
+		return rec.len() == 1 && len(pendingIDs(t, e.client, e.stream)) == 0
+	})
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.ids(); !slices.Equal(got, ids[1:]) {
+		t.Fatalf("handled %v, want only the live entry %s", got, ids[1])
+	}
+}
+
+func pendingGauges(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	e.publish(1, 3)
+	if msgs, err := e.consumer(e.config("crashed")).Read(ctxFor(t, 5*time.Second)); err != nil || len(msgs) != 3 {
+		t.Fatalf("read %d, %v", len(msgs), err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cfg := e.config("watcher")
+	cfg.ClaimInterval = 20 * time.Millisecond // ClaimIdle stays 1h: nothing is claimed
+	c := e.consumer(cfg)
+	r := start(func(ctx context.Context) error {
+		return c.ClaimStale(ctx, func(context.Context, safesync.Message[order]) error { return nil })
+	})
+	labels := map[string]string{"stream": e.stream, "group": "workers"}
+	waitFor(t, 10*time.Second, "pending gauges refreshed", func() bool {
+		return e.metric("coti_safesync_queue_pending_entries", labels) == 3 &&
+			e.metric("coti_safesync_queue_oldest_pending_age_seconds", labels) >= 0.2
+	})
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// compareIDs orders stream entry ids numerically.
+func compareIDs(a, b string) int {
+	parse := func(id string) (ms, seq uint64) {
+		l, r, _ := strings.Cut(id, "-")
+		ms, _ = strconv.ParseUint(l, 10, 64)
+		seq, _ = strconv.ParseUint(r, 10, 64)
+		return ms, seq
+	}
+	am, as := parse(a)
+	bm, bs := parse(b)
+	if am != bm {
+		return cmp.Compare(am, bm)
+	}
+	return cmp.Compare(as, bs)
+}

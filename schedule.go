@@ -1,0 +1,364 @@
+package safesync
+
+import (
+	"context"
+	"sync"
+
+	"github.com/jackc/puddle/v2"
+)
+
+// unit is what one handler call gets: one entry for Run and ClaimStale, up
+// to the batch size for RunBatch.
+type unit[T any] struct {
+	msgs  []Message[T]
+	order *unitOrder // nil without OrderBy
+}
+
+// scheduler runs units on at most Concurrency workers. A worker is a
+// goroutine holding one slot of a puddle pool: it runs ready units one
+// after another and ends when none is left, releasing its slot, so that a
+// steady flow of entries costs no goroutine switch per entry. Units whose
+// key is busy wait in the orderer, holding no slot.
+//
+// The reader reads ahead while fewer than readAhead entries wait to start,
+// which hides the read's round trip behind the handling of the previous
+// read; reclaim claims only as many units as there are free slots.
+type scheduler[T any] struct {
+	ctx         context.Context // once done, no unit starts
+	slots       *puddle.Pool[struct{}]
+	concurrency int
+	readAhead   int
+	order       *orderer // nil without OrderBy; used under mu
+	work        func(w *worker[T], u *unit[T])
+	flushAcks   func(ids []string)
+	workers     sync.WaitGroup
+
+	mu       sync.Mutex
+	ready    []*unit[T] // runnable, not started, in order, from head on
+	head     int
+	units    int // units admitted and not started (ready or blocked on a key)
+	entries  int // entries in those units
+	running  int // units running
+	active   int // workers alive
+	held     map[string]struct{}
+	stopped  bool
+	changed  chan struct{} // closed when what a waiter waits for may hold
+	waitRead bool          // the reader waits for entries < readAhead
+	waitFree bool          // reclaim waits for a free slot
+}
+
+func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
+	return &scheduler[T]{
+		ctx: ctx, slots: slots, concurrency: concurrency, readAhead: readAhead, order: order,
+		held: map[string]struct{}{}, changed: make(chan struct{}),
+	}
+}
+
+// worker is one goroutine of the scheduler; acks buffers the ids of
+// entries it finished, flushed to the acker in bursts.
+type worker[T any] struct {
+	acks []string
+}
+
+// maxWorkerAcks is how many acknowledgements a busy worker gathers before
+// handing them over; an idle worker hands over what it has at once.
+const maxWorkerAcks = 128
+
+func (w *worker[T]) ack(s *scheduler[T], id string) {
+	w.acks = append(w.acks, id)
+	if len(w.acks) >= maxWorkerAcks {
+		w.flush(s)
+	}
+}
+
+func (w *worker[T]) flush(s *scheduler[T]) {
+	if len(w.acks) > 0 {
+		s.flushAcks(w.acks)
+		w.acks = nil
+	}
+}
+
+// admit takes msgs in stream order, drops those already held (an entry
+// reclaim handed back while this consumer still had it), forms units of up
+// to size entries and queues them, and starts workers for them when spawn
+// is true. It reports how many entries it queued. unitBuf, when not nil,
+// holds units no longer in use, reused when there are enough.
+func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T]) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return 0
+	}
+	kept := msgs[:0]
+	for _, m := range msgs {
+		if _, dup := s.held[m.ID]; !dup {
+			s.held[m.ID] = struct{}{}
+			kept = append(kept, m)
+		}
+	}
+	if len(kept) == 0 {
+		return 0
+	}
+	n := (len(kept) + size - 1) / size
+	var units []unit[T]
+	if unitBuf != nil && cap(*unitBuf) >= n {
+		units = (*unitBuf)[:n]
+		clear(units)
+	} else {
+		units = make([]unit[T], n)
+		if unitBuf != nil {
+			*unitBuf = units
+		}
+	}
+	var orders []unitOrder
+	if s.order != nil {
+		orders = make([]unitOrder, n)
+	}
+	for i := range units {
+		u := &units[i]
+		u.msgs = kept[i*size : min((i+1)*size, len(kept)) : min((i+1)*size, len(kept))]
+		if size > 1 {
+			st := &batchState{handled: make([]bool, len(u.msgs))}
+			for j := range u.msgs {
+				u.msgs[j].batch, u.msgs[j].index = st, j
+			}
+		}
+		s.units++
+		s.entries += len(u.msgs)
+		if s.order != nil {
+			u.order = &orders[i]
+			u.order.payload = u
+			for _, m := range u.msgs {
+				if k := key(m); !contains(u.order.keys, k) {
+					u.order.keys = append(u.order.keys, k)
+				}
+			}
+			if !s.order.admit(u.order) {
+				continue // finish of an earlier unit with its key readies it
+			}
+		}
+		s.ready = append(s.ready, u)
+	}
+	if spawn {
+		s.spawn()
+	}
+	return len(kept)
+}
+
+func contains(keys []string, k string) bool {
+	for _, have := range keys {
+		if have == k {
+			return true
+		}
+	}
+	return false
+}
+
+// spawn starts workers for the ready units that no live worker is about to
+// take, while slots are free. Called with mu held.
+func (s *scheduler[T]) spawn() {
+	for s.active-s.running < s.readyLen() && s.active < s.concurrency {
+		slot, err := s.slots.TryAcquire(context.Background())
+		if err != nil {
+			return
+		}
+		s.active++
+		s.workers.Add(1)
+		go s.runWorker(slot)
+	}
+}
+
+func (s *scheduler[T]) runWorker(slot *puddle.Resource[struct{}]) {
+	defer s.workers.Done()
+	var w worker[T]
+	for {
+		u := s.next(&w, slot)
+		if u == nil {
+			return
+		}
+		s.work(&w, u)
+		s.finish(u)
+	}
+}
+
+// next returns the next ready unit, or nil when there is none or the
+// scheduler stopped. Before returning nil it hands over the worker's
+// acknowledgements, then releases its slot and stops counting it as alive,
+// both under mu, so that admit, seeing no live worker, finds the slot free.
+func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit[T] {
+	for flushed := false; ; flushed = true {
+		s.mu.Lock()
+		if !s.stopped && s.readyLen() > 0 && s.ctx.Err() == nil {
+			u := s.pop()
+			s.mu.Unlock()
+			return u
+		}
+		if flushed || len(w.acks) == 0 {
+			slot.Release()
+			s.active--
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		w.flush(s) // nothing to do: acknowledge what is done, then look again
+	}
+}
+
+// runHere runs ready units on the calling goroutine, holding a slot like a
+// worker, until none is left; an inline reader uses it. It waits for the
+// slot while a worker holds it. It reports whether every unit admitted so
+// far has finished.
+func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) bool {
+	slot, err := s.slots.Acquire(ctx)
+	if err != nil {
+		return false // ctx ended: what is queued is dropped at stop
+	}
+	s.mu.Lock()
+	s.active++
+	s.mu.Unlock()
+	for {
+		u := s.take()
+		if u == nil {
+			break
+		}
+		s.work(w, u)
+		s.finish(u)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	slot.Release()
+	s.active--
+	s.spawn() // for units admitted meanwhile by reclaim
+	return s.units == 0 && s.running == 0 && s.active == 0
+}
+
+// take pops the next ready unit, or returns nil when there is none or the
+// scheduler stopped.
+func (s *scheduler[T]) take() *unit[T] {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped || s.readyLen() == 0 || s.ctx.Err() != nil {
+		return nil
+	}
+	return s.pop()
+}
+
+func (s *scheduler[T]) readyLen() int { return len(s.ready) - s.head }
+
+// pop removes the first ready unit and counts it running. Called with mu
+// held.
+func (s *scheduler[T]) pop() *unit[T] {
+	u := s.ready[s.head]
+	s.ready[s.head] = nil
+	s.head++
+	if s.head == len(s.ready) { // empty: reuse the array from its start
+		s.ready, s.head = s.ready[:0], 0
+	}
+	s.units--
+	s.entries -= len(u.msgs)
+	s.running++
+	s.signal()
+	return u
+}
+
+// finish records that u ran and readies the units that waited for its
+// keys.
+func (s *scheduler[T]) finish(u *unit[T]) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running--
+	for _, m := range u.msgs {
+		delete(s.held, m.ID)
+	}
+	if s.order != nil {
+		for _, next := range s.order.finish(u.order) {
+			s.ready = append(s.ready, next.payload.(*unit[T]))
+		}
+		s.spawn()
+	}
+	s.signal()
+}
+
+// signal wakes the waiters whose condition may hold now. Called with mu
+// held.
+func (s *scheduler[T]) signal() {
+	if (s.waitRead && (s.stopped || s.entries < s.readAhead)) || (s.waitFree && (s.stopped || s.free() > 0)) {
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.waitRead, s.waitFree = false, false
+	}
+}
+
+// free is the number of units that could start at once. Called with mu
+// held.
+func (s *scheduler[T]) free() int {
+	return max(0, s.concurrency-s.running-s.units)
+}
+
+// waitToRead waits until fewer than readAhead entries wait to start, and
+// reports false when ctx ended or the scheduler stopped first.
+func (s *scheduler[T]) waitToRead(ctx context.Context) bool {
+	for {
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			return false
+		}
+		if s.entries < s.readAhead {
+			s.mu.Unlock()
+			return true
+		}
+		s.waitRead = true
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// waitFreeSlots waits until at least one unit could start at once and
+// returns how many, or 0 when ctx ended or the scheduler stopped first.
+func (s *scheduler[T]) waitFreeSlots(ctx context.Context) int {
+	for {
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			return 0
+		}
+		if n := s.free(); n > 0 {
+			s.mu.Unlock()
+			return n
+		}
+		s.waitFree = true
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0
+		}
+	}
+}
+
+// stop lets running units finish but starts no other: the units still
+// waiting are dropped, and their entries stay pending.
+func (s *scheduler[T]) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	for _, u := range s.ready[s.head:] {
+		for _, m := range u.msgs {
+			delete(s.held, m.ID)
+		}
+	}
+	s.ready, s.head = nil, 0
+	if s.order != nil {
+		s.order.stop()
+	}
+	s.units, s.entries = 0, 0
+	close(s.changed)
+	s.changed = make(chan struct{})
+}

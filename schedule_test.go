@@ -1,0 +1,216 @@
+package safesync
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// runScheduler admits n entries in random chunks, as a reader and a
+// reclaimer would, waits for every unit to run, and returns what ran in
+// which order per key, and the most units that ran at once.
+func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (perKey map[string][]int, maxRunning int) {
+	t.Helper()
+	slots, err := newSlots(concurrency)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	var order *orderer
+	if ordered {
+		order = newOrderer()
+	}
+	ctx := context.Background()
+	s := newScheduler[int](ctx, slots, concurrency, size*2, order)
+	var mu sync.Mutex
+	perKey = map[string][]int{}
+	active := map[string]bool{}
+	var running, ran atomic.Int64
+	var acked atomic.Int64
+	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.work = func(w *worker[int], u *unit[int]) {
+		r := running.Add(1)
+		mu.Lock()
+		maxRunning = max(maxRunning, int(r))
+		for _, m := range u.msgs {
+			if k := m.Fields["key"]; ordered && active[k] {
+				t.Errorf("key %s ran in two units at once", k)
+			}
+		}
+		for _, m := range u.msgs {
+			k := m.Fields["key"]
+			active[k] = true
+			perKey[k] = append(perKey[k], m.Value)
+		}
+		mu.Unlock()
+		if rand.IntN(4) == 0 {
+			time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+		}
+		mu.Lock()
+		for _, m := range u.msgs {
+			active[m.Fields["key"]] = false
+		}
+		mu.Unlock()
+		running.Add(-1)
+		for _, m := range u.msgs {
+			w.ack(s, m.ID)
+		}
+		ran.Add(int64(len(u.msgs)))
+	}
+	key := func(m Message[int]) string { return m.Fields["key"] }
+	for i := 0; i < n; {
+		if !s.waitToRead(ctx) {
+			t.Fatal("waitToRead returned false")
+		}
+		chunk := min(n-i, 1+rand.IntN(3*size))
+		msgs := make([]Message[int], chunk)
+		for j := range msgs {
+			msgs[j] = Message[int]{ID: strconv.Itoa(i + j), Value: i + j, Fields: map[string]string{"key": "k" + strconv.Itoa(rand.IntN(keys))}}
+		}
+		s.admit(msgs, size, key, true, nil)
+		i += chunk
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for ran.Load() < int64(n) || acked.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s %d of %d entries ran and %d were acknowledged: the scheduler stalled", ran.Load(), n, acked.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.stop()
+	s.workers.Wait()
+	return perKey, maxRunning
+}
+
+func TestSchedulerRunsEveryEntryOnceWithoutStalling(t *testing.T) {
+	for _, tc := range []struct{ concurrency, size, keys int }{
+		{1, 1, 3}, {1, 10, 3}, {4, 1, 2}, {8, 1, 50}, {8, 5, 4}, {3, 7, 1},
+	} {
+		for _, ordered := range []bool{false, true} {
+			t.Run(fmt.Sprintf("concurrency %d size %d keys %d ordered %v", tc.concurrency, tc.size, tc.keys, ordered), func(t *testing.T) {
+				perKey, maxRunning := runScheduler(t, 3000, tc.concurrency, tc.size, tc.keys, ordered)
+				total := 0
+				for k, seq := range perKey {
+					total += len(seq)
+					if !ordered {
+						continue
+					}
+					for i := 1; i < len(seq); i++ {
+						if seq[i] < seq[i-1] {
+							t.Fatalf("key %s ran %d after %d", k, seq[i], seq[i-1])
+						}
+					}
+				}
+				if total != 3000 {
+					t.Fatalf("%d entries ran, want 3000", total)
+				}
+				if maxRunning > tc.concurrency {
+					t.Fatalf("%d units ran at once, Concurrency is %d", maxRunning, tc.concurrency)
+				}
+			})
+		}
+	}
+}
+
+func TestSchedulerStopStartsNothingMore(t *testing.T) {
+	slots, err := newSlots(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	s := newScheduler[int](context.Background(), slots, 1, 10, nil)
+	release := make(chan struct{})
+	var ran atomic.Int64
+	s.flushAcks = func([]string) {}
+	s.work = func(w *worker[int], u *unit[int]) {
+		ran.Add(1)
+		<-release
+	}
+	msgs := make([]Message[int], 5)
+	for i := range msgs {
+		msgs[i] = Message[int]{ID: strconv.Itoa(i)}
+	}
+	s.admit(msgs, 1, nil, true, nil)
+	for ran.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	s.stop()
+	close(release)
+	s.workers.Wait()
+	if ran.Load() != 1 {
+		t.Fatalf("%d units ran, want only the one running when the scheduler stopped", ran.Load())
+	}
+	if n := s.admit(msgs, 1, nil, true, nil); n != 0 {
+		t.Fatalf("admit after stop queued %d entries", n)
+	}
+}
+
+// An inline reader runs what it reads itself while reclaim admits units
+// from another goroutine: still one unit at a time, nothing lost.
+func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
+	slots, err := newSlots(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	ctx := context.Background()
+	s := newScheduler[int](ctx, slots, 1, 10, nil)
+	var running, maxRunning, ran atomic.Int64
+	var acked atomic.Int64
+	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.work = func(w *worker[int], u *unit[int]) {
+		r := running.Add(1)
+		for m := maxRunning.Load(); r > m && !maxRunning.CompareAndSwap(m, r); m = maxRunning.Load() {
+		}
+		if rand.IntN(8) == 0 {
+			time.Sleep(50 * time.Microsecond)
+		}
+		running.Add(-1)
+		ran.Add(1)
+		w.ack(s, u.msgs[0].ID)
+	}
+	batch := func(from, n int) []Message[int] {
+		msgs := make([]Message[int], n)
+		for i := range msgs {
+			msgs[i] = Message[int]{ID: strconv.Itoa(from + i)}
+		}
+		return msgs
+	}
+	done := make(chan struct{})
+	go func() { // reclaim
+		defer close(done)
+		for i := 0; i < 2000; i += 5 {
+			if s.waitFreeSlots(ctx) == 0 {
+				t.Error("waitFreeSlots returned 0")
+				return
+			}
+			s.admit(batch(100000+i, 5), 1, nil, true, nil)
+		}
+	}()
+	var w worker[int]
+	var units []unit[int]
+	for i := 0; i < 5000; i += 10 { // the inline reader
+		s.waitToRead(ctx)
+		s.admit(batch(i, 10), 1, nil, false, &units)
+		s.runHere(ctx, &w)
+	}
+	w.flush(s)
+	<-done
+	deadline := time.Now().Add(20 * time.Second)
+	for ran.Load() < 7000 || acked.Load() < 7000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 7000 units ran, %d acknowledged: stalled", ran.Load(), acked.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.stop()
+	s.workers.Wait()
+	if maxRunning.Load() != 1 {
+		t.Fatalf("%d units ran at once with Concurrency 1", maxRunning.Load())
+	}
+}
