@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"sync"
 	"time"
 
 	"github.com/safesync-go/safesync"
@@ -233,4 +234,62 @@ func ExampleInsertIdempotent() {
 	// Output:
 	// true <nil>
 	// false <nil>
+}
+
+// Payment is what ExampleStream applies to an account.
+type Payment struct {
+	OrderID   int64 `json:"order_id"`
+	AccountID int64 `json:"account_id"`
+	Amount    int64 `json:"amount"`
+}
+
+// A pipeline: entries in the original framework's wire format are decoded,
+// applied in a transaction, recorded for exactly-once, and acknowledged
+// only after COMMIT.
+func ExampleStream() {
+	db, stop := openExampleDB()
+	defer stop()
+	rdb, closeRedis := embeddedRedis()
+	defer closeRedis()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := safesync.CreateDedupeTable(ctx, db, "applied"); err != nil {
+		log.Fatal(err)
+	}
+
+	for _, o := range []Payment{{1, 1, 5}, {2, 2, 7}, {3, 1, 10}} {
+		if _, err := safesync.PublishJSON(ctx, rdb, "orders", o); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// A producer written in Python adds entries the same way.
+	if _, err := safesync.Publish(ctx, rdb, "orders", map[string]string{"data": `{"order_id": 4, "account_id": 2, "amount": 1}`}); err != nil {
+		log.Fatal(err)
+	}
+
+	applyOrder := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[Payment]) error {
+		_, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance + ? WHERE id = ?", msg.Value.Amount, msg.Value.AccountID)
+		return err
+	}
+	var applied sync.WaitGroup
+	applied.Add(4)
+	pipeline := safesync.Stream(safesync.JSON[Payment]()).
+		Handle(applyOrder).
+		AckAfter(safesync.Commit(db)).
+		Once("applied").
+		AfterCommit(func(ctx context.Context, msgs []safesync.Message[Payment]) { applied.Add(-len(msgs)) })
+
+	done := make(chan error, 1)
+	go func() {
+		done <- pipeline.Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: "worker-1"})
+	}()
+	applied.Wait()
+	cancel()
+	fmt.Println("run:", <-done)
+
+	balances, _ := safesync.Select[int64](context.Background(), db, "SELECT balance FROM accounts ORDER BY id")
+	fmt.Println("balances:", balances)
+	// Output:
+	// run: <nil>
+	// balances: [115 8]
 }

@@ -71,46 +71,46 @@ func MarkApplied(ctx context.Context, tx Execer, table, group, stream, id string
 	return InsertIdempotent(ctx, tx, "INSERT INTO "+q+" (consumer_group, stream, entry_id) VALUES (?, ?, ?)", group, stream, id)
 }
 
-// markAppliedAll is MarkApplied for several entries of one transaction,
-// reporting for each whether it is fresh. The common case, no entry seen
-// before, costs one multi-row INSERT; when it meets a duplicate key (MySQL
-// rolls back just that statement) each entry is marked on its own.
-func markAppliedAll[T any](ctx context.Context, tx Execer, table string, msgs []Message[T]) ([]bool, error) {
-	fresh := make([]bool, len(msgs))
-	if len(msgs) > 1 {
-		q, err := QuoteIdentifier(table)
-		if err != nil {
-			return nil, err
-		}
-		var b strings.Builder
-		b.WriteString("INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ")
-		args := make([]any, 0, 3*len(msgs))
-		for i, m := range msgs {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString("(?, ?, ?)")
-			args = append(args, m.Group, m.Stream, m.ID)
-		}
-		_, err = tx.ExecContext(ctx, b.String(), args...)
-		if err == nil {
-			for i := range fresh {
-				fresh[i] = true
-			}
-			return fresh, nil
-		}
-		if mysqlErrorNumber(err) != 1062 {
-			return nil, err
-		}
+// dedupeMarker marks the entries of a pipeline's transactions as applied.
+// The statements for one entry and for a full batch are prepared once, when
+// the pipeline starts and before any transaction holds a connection, and
+// reused on every pooled connection (database/sql prepares a statement once
+// per connection), so marking costs one round trip per transaction instead
+// of a prepare, an execute and a close. Other batch sizes run unprepared.
+type dedupeMarker struct {
+	insert string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
+	stmts  map[int]*sql.Stmt
+}
+
+func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (*dedupeMarker, error) {
+	q, err := QuoteIdentifier(table)
+	if err != nil {
+		return nil, err
 	}
-	for i, m := range msgs {
-		ok, err := MarkApplied(ctx, tx, table, m.Group, m.Stream, m.ID)
-		if err != nil {
-			return nil, err
+	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}}
+	for _, rows := range []int{1, batch} {
+		if _, done := m.stmts[rows]; done {
+			continue
 		}
-		fresh[i] = ok
+		s, err := db.PrepareContext(ctx, m.query(rows))
+		if err != nil {
+			m.close()
+			return nil, fmt.Errorf("safesync: prepare exactly-once insert into %s: %w", table, err)
+		}
+		m.stmts[rows] = s
 	}
-	return fresh, nil
+	return m, nil
+}
+
+func (m *dedupeMarker) query(rows int) string {
+	return m.insert + strings.TrimSuffix(strings.Repeat("(?, ?, ?), ", rows), ", ")
+}
+
+// close releases the prepared statements.
+func (m *dedupeMarker) close() {
+	for _, s := range m.stmts {
+		s.Close()
+	}
 }
 
 // DefaultPruneBatch is how many rows PruneDedupe deletes per statement.
@@ -148,4 +148,50 @@ func PruneDedupe(ctx context.Context, db *sql.DB, table string, olderThan time.D
 			return total, nil
 		}
 	}
+}
+
+// markApplied records, in tx, that msgs are being applied, and reports for
+// each whether it is fresh (MarkApplied's meaning). The common case, no
+// entry seen before, costs one multi-row INSERT; when it meets a duplicate
+// key (MySQL then rolls back just that statement) each entry is marked on
+// its own.
+func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T]) ([]bool, error) {
+	insert := func(rows []Message[T]) error {
+		args := make([]any, 0, 3*len(rows))
+		for _, r := range rows {
+			args = append(args, r.Group, r.Stream, r.ID)
+		}
+		s, prepared := m.stmts[len(rows)]
+		if !prepared {
+			_, err := tx.ExecContext(ctx, m.query(len(rows)), args...)
+			return err
+		}
+		start := time.Now()
+		_, err := tx.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+		tx.metrics.observeStatement(m.insert, time.Since(start), err)
+		return err
+	}
+	fresh := make([]bool, len(msgs))
+	if len(msgs) > 1 {
+		err := insert(msgs)
+		if err == nil {
+			for i := range fresh {
+				fresh[i] = true
+			}
+			return fresh, nil
+		}
+		if mysqlErrorNumber(err) != 1062 {
+			return nil, err
+		}
+	}
+	for i := range msgs {
+		err := insert(msgs[i : i+1])
+		switch {
+		case err == nil:
+			fresh[i] = true
+		case mysqlErrorNumber(err) != 1062:
+			return nil, err
+		}
+	}
+	return fresh, nil
 }

@@ -176,13 +176,20 @@ func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamC
 		return err
 	}
 	r := &pipelineRun[T]{p: p, c: c}
+	if p.once != "" {
+		if r.marker, err = newDedupeMarker(ctx, p.commit.db, p.once, p.batch); err != nil {
+			return err
+		}
+		defer r.marker.close()
+	}
 	return c.RunBatch(ctx, p.batch, r.handleBatch)
 }
 
 // pipelineRun is one running Pipeline.
 type pipelineRun[T any] struct {
-	p Pipeline[T]
-	c *Consumer[T]
+	p      Pipeline[T]
+	c      *Consumer[T]
+	marker *dedupeMarker // with Once
 }
 
 // entryFailure is a handler failure attributable to one entry of a batch.
@@ -200,9 +207,9 @@ func (e *entryFailure) Unwrap() error { return e.err }
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
 		var fresh []bool
-		if r.p.once != "" {
+		if r.marker != nil {
 			var err error
-			if fresh, err = markAppliedAll(ctx, tx, r.p.once, msgs); err != nil {
+			if fresh, err = markApplied(ctx, r.marker, tx, msgs); err != nil {
 				return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
 			}
 		}

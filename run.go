@@ -51,9 +51,11 @@ func (c *Consumer[T]) Run(ctx context.Context, h Handler[T]) error {
 	})
 }
 
-// RunBatch is Run for handlers of several entries at once: it reads up to
-// size entries at a time and calls h with them (fewer when fewer are
-// available), up to Concurrency calls at a time. h owns acknowledgement: it
+// RunBatch is Run for handlers of several entries at once: it calls h with
+// up to size entries (fewer when fewer are available), up to Concurrency
+// calls at a time. Each read asks for the larger of size and Count
+// entries and splits them into batches, so small batches do not cost a
+// read each. h owns acknowledgement: it
 // calls Ack for the entries it finished, for example in a transaction's
 // after-commit hook, and DeadLetter for those it rejects; nothing else is
 // acknowledged. With OrderBy, a batch containing a key waits for every
@@ -67,7 +69,7 @@ func (c *Consumer[T]) RunBatch(ctx context.Context, size int, h BatchHandler[T])
 	if size < 1 {
 		return fmt.Errorf("safesync: RunBatch with batch size %d", size)
 	}
-	return c.run(ctx, true, size, size, func(e *engine[T], w *worker[T], u *unit[T]) {
+	return c.run(ctx, true, size, max(size, c.core.cfg.Count), func(e *engine[T], w *worker[T], u *unit[T]) {
 		e.handleBatch(u, h)
 	})
 }

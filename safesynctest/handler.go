@@ -2,6 +2,7 @@ package safesynctest
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"sync"
 	"testing"
@@ -154,4 +155,20 @@ func allSettled(tb testing.TB, client rueidis.Client, dead string, ids []string,
 		}
 	}
 	return true
+}
+
+// HandleTxJSON is HandleJSON for a pipeline handler: each entry runs in its
+// own transaction on db, as in
+// safesync.Stream(safesync.JSON[T]()).Handle(h).AckAfter(safesync.Commit(db)),
+// and is acknowledged only after that transaction committed. Pair it with
+// NewMySQL to unit-test a handler's database effects with no service.
+func HandleTxJSON[T any](tb testing.TB, db *sql.DB, h safesync.TxHandler[T], values ...T) HandlerReport[T] {
+	tb.Helper()
+	inTx := func(ctx context.Context, msg safesync.Message[T]) error {
+		_, err := safesync.WithTx(db, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+			return h(ctx, tx, msg)
+		}))(ctx)
+		return err
+	}
+	return HandleJSON(tb, inTx, values...)
 }

@@ -1,0 +1,375 @@
+// Command pipeline measures stream → MySQL pipelines end to end: every
+// entry of a pre-filled stream becomes one UPDATE in a transaction, then is
+// acknowledged. It compares, side by side in one run on the same servers:
+//
+//   - a hand-written loop: XREADGROUP → BEGIN/UPDATE/COMMIT → XACK per
+//     entry, in as many goroutines as the pipeline's concurrency;
+//
+//   - safesync's pipeline, one transaction per entry, with and without Once;
+//
+//   - safesync's pipeline in batch mode (Batch(100)), with and without Once.
+//
+//     go run ./pipeline -redis 127.0.0.1:6379 -mysql 'root@tcp(127.0.0.1:3306)/test' -n 100000 -reps 3
+//
+// Each repetition refills a fresh stream and resets the table for every
+// contender, in a rotating order, and checks afterwards that the balances
+// add up and nothing is pending. It prints medians, throughput,
+// allocations per entry and the ratios the targets are stated in.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/rueidis"
+
+	"github.com/safesync-go/safesync"
+)
+
+type order struct {
+	OrderID   int64 `json:"order_id"`
+	AccountID int64 `json:"account_id"`
+	Amount    int64 `json:"amount"`
+}
+
+var (
+	redisAddr   = flag.String("redis", "127.0.0.1:6379", "Redis address (loopback)")
+	mysqlDSN    = flag.String("mysql", "root@tcp(127.0.0.1:3306)/test", "MySQL/MariaDB DSN (loopback)")
+	n           = flag.Int("n", 100_000, "entries per run")
+	reps        = flag.Int("reps", 3, "repetitions of each contender")
+	concurrency = flag.Int("concurrency", 4, "transactions in flight, for every contender")
+	batch       = flag.Int("batch", 100, "entries per transaction in batch mode")
+	accounts    = flag.Int("accounts", 1000, "rows the updates spread over")
+	only        = flag.String("only", "", "run only the contenders whose names match this regular expression")
+	cpuprofile  = flag.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+)
+
+const (
+	table   = "bench_pipeline_accounts"
+	applied = "bench_pipeline_applied"
+	group   = "bench"
+)
+
+type contender struct {
+	name string
+	run  func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error
+}
+
+type sample struct {
+	elapsed       time.Duration
+	allocs, bytes float64
+}
+
+func main() {
+	flag.Parse()
+	ctx := context.Background()
+	db, err := sql.Open("mysql", *mysqlDSN)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db.SetMaxOpenConns(*concurrency + 4)
+	db.SetMaxIdleConns(*concurrency + 4)
+	defer db.Close()
+	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rdb.Close()
+
+	contenders := []contender{
+		{"hand-written loop", handWritten(1)},
+		{fmt.Sprintf("hand-written loop, batches of %d", *batch), handWritten(*batch)},
+		{"pipeline", pipeline(1, false)},
+		{"pipeline + Once", pipeline(1, true)},
+		{fmt.Sprintf("pipeline Batch(%d)", *batch), pipeline(*batch, false)},
+		{fmt.Sprintf("pipeline Batch(%d) + Once", *batch), pipeline(*batch, true)},
+	}
+	if *only != "" {
+		re := regexp.MustCompile(*only)
+		contenders = slices.DeleteFunc(contenders, func(c contender) bool { return !re.MatchString(c.name) })
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	samples := map[string][]sample{}
+	for rep := 0; rep < *reps; rep++ {
+		for i := range contenders {
+			c := contenders[(i+rep)%len(contenders)]
+			s, err := measure(ctx, db, rdb, c)
+			if err != nil {
+				log.Fatalf("%s: %v", c.name, err)
+			}
+			samples[c.name] = append(samples[c.name], s)
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds())
+		}
+	}
+	report(contenders, samples)
+}
+
+// measure prepares fresh data, runs c once and verifies the outcome.
+func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (sample, error) {
+	stream := "{bench-pipeline}:" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	want, err := prepare(ctx, db, rdb, stream)
+	if err != nil {
+		return sample{}, err
+	}
+	defer rdb.Do(ctx, rdb.B().Del().Key(stream, stream+safesync.DeadLetterSuffix).Build())
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	if err := c.run(ctx, db, rdb, stream); err != nil {
+		return sample{}, err
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	got, err := safesync.Get[int64](ctx, db, "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) FROM "+table)
+	if err != nil {
+		return sample{}, err
+	}
+	if got != want {
+		return sample{}, fmt.Errorf("balances sum to %d, want %d", got, want)
+	}
+	if p, err := pending(ctx, rdb, stream); err != nil || p != 0 {
+		return sample{}, fmt.Errorf("%d entries pending (%v)", p, err)
+	}
+	return sample{
+		elapsed: elapsed,
+		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
+		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+	}, nil
+}
+
+// prepare resets the tables and fills stream with n entries; it returns
+// the sum the balances must reach.
+func prepare(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) (int64, error) {
+	for _, q := range []string{
+		"DROP TABLE IF EXISTS " + table,
+		"DROP TABLE IF EXISTS " + applied,
+		"CREATE TABLE " + table + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return 0, err
+		}
+	}
+	if err := safesync.CreateDedupeTable(ctx, db, applied); err != nil {
+		return 0, err
+	}
+	for lo := 1; lo <= *accounts; lo += 500 {
+		q := "INSERT INTO " + table + " (id, balance) VALUES "
+		for id := lo; id < lo+500 && id <= *accounts; id++ {
+			if id > lo {
+				q += ", "
+			}
+			q += fmt.Sprintf("(%d, 0)", id)
+		}
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return 0, err
+		}
+	}
+	var want int64
+	cmds := make(rueidis.Commands, 0, 1000)
+	for i := 1; i <= *n; i++ {
+		o := order{OrderID: int64(i), AccountID: int64(1 + i%*accounts), Amount: int64(1 + i%7)}
+		want += o.Amount
+		data, _ := json.Marshal(o)
+		cmds = append(cmds, rdb.B().Xadd().Key(stream).Id("*").FieldValue().FieldValue("data", string(data)).Build())
+		if len(cmds) == cap(cmds) || i == *n {
+			for _, r := range rdb.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					return 0, err
+				}
+			}
+			cmds = cmds[:0]
+		}
+	}
+	err := rdb.Do(ctx, rdb.B().XgroupCreate().Key(stream).Group(group).Id("0").Build()).Error()
+	return want, err
+}
+
+func pending(ctx context.Context, rdb rueidis.Client, stream string) (int64, error) {
+	res, err := rdb.Do(ctx, rdb.B().Xpending().Key(stream).Group(group).Build()).ToArray()
+	if err != nil || len(res) == 0 {
+		return 0, err
+	}
+	return res[0].AsInt64()
+}
+
+const update = "UPDATE " + table + " SET balance = balance + ? WHERE id = ?"
+
+// handWritten is what a team would write without safesync: per
+// goroutine, read entries, and apply them in transactions of perTx entries
+// (BEGIN, one UPDATE each, COMMIT), then acknowledge them with one XACK.
+func handWritten(perTx int) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+		var wg sync.WaitGroup
+		errs := make(chan error, *concurrency)
+		for w := 0; w < *concurrency; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := handWrittenWorker(ctx, db, rdb, stream, "hand-"+strconv.Itoa(w), perTx); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		return <-errs
+	}
+}
+
+func handWrittenWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
+	for {
+		res, err := rdb.Do(ctx, rdb.B().Xreadgroup().Group(group, consumer).Count(int64(max(perTx, 10))).Streams().Key(stream).Id(">").Build()).AsXRead()
+		if rueidis.IsRedisNil(err) {
+			return nil // drained
+		}
+		if err != nil {
+			return err
+		}
+		entries := res[stream]
+		if len(entries) == 0 {
+			return nil
+		}
+		for len(entries) > 0 {
+			chunk := entries[:min(perTx, len(entries))]
+			entries = entries[len(chunk):]
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			ids := make([]string, len(chunk))
+			for i, e := range chunk {
+				var o order
+				if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
+					tx.Rollback()
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, update, o.Amount, o.AccountID); err != nil {
+					tx.Rollback()
+					return err
+				}
+				ids[i] = e.ID
+			}
+			if err := tx.Commit(); err != nil {
+				return err
+			}
+			if err := rdb.Do(ctx, rdb.B().Xack().Key(stream).Group(group).Id(ids...).Build()).Error(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// pipeline runs safesync's pipeline until every entry was committed and
+// acknowledged.
+func pipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+		m, err := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			return err
+		}
+		var committed atomic.Int64
+		done := make(chan struct{})
+		apply := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+			_, err := tx.ExecContext(ctx, update, msg.Value.Amount, msg.Value.AccountID)
+			return err
+		}
+		p := safesync.Stream(safesync.JSON[order]()).Handle(apply).
+			AckAfter(safesync.Commit(db, safesync.WithMetrics(m))).
+			Batch(batchSize).
+			AfterCommit(func(_ context.Context, msgs []safesync.Message[order]) {
+				if committed.Add(int64(len(msgs))) == int64(*n) {
+					close(done)
+				}
+			})
+		if once {
+			p = p.Once(applied)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		result := make(chan error, 1)
+		go func() {
+			result <- p.Run(runCtx, rdb, safesync.StreamConfig{
+				Stream: stream, Group: group, Consumer: "pipeline",
+				Count: max(batchSize, 10) * *concurrency, Concurrency: *concurrency,
+				Block: 100 * time.Millisecond, ClaimIdle: time.Hour, Metrics: m,
+			})
+		}()
+		select {
+		case <-done:
+		case err := <-result:
+			cancel()
+			return errors.Join(errors.New("pipeline stopped early"), err)
+		}
+		// The last acknowledgements follow the last commits; Run flushes
+		// them before it returns.
+		cancel()
+		return <-result
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func median(s []sample) sample {
+	sorted := slices.Clone(s)
+	slices.SortFunc(sorted, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
+	return sorted[len(sorted)/2]
+}
+
+func report(contenders []contender, samples map[string][]sample) {
+	med := map[string]sample{}
+	for name, s := range samples {
+		med[name] = median(s)
+	}
+	fmt.Printf("\n%d entries, one UPDATE each, concurrency %d, %d repetitions, medians; GOMAXPROCS %d, %s\n\n", *n, *concurrency, *reps, runtime.GOMAXPROCS(0), runtime.Version())
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t")
+	for _, c := range contenders {
+		s, ok := med[c.name]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.allocs, s.bytes)
+	}
+	tw.Flush()
+	ratio := func(label, num, den string) {
+		a, okA := med[num]
+		b, okB := med[den]
+		if okA && okB {
+			fmt.Printf("%-44s %.2f×\n", label, b.elapsed.Seconds()/a.elapsed.Seconds())
+		}
+	}
+	fmt.Println()
+	ratio("pipeline throughput / hand-written loop", "pipeline", "hand-written loop")
+	bn := fmt.Sprintf("pipeline Batch(%d)", *batch)
+	ratio("batch throughput / per-entry pipeline", bn, "pipeline")
+	ratio("hand-written: batches / per entry", fmt.Sprintf("hand-written loop, batches of %d", *batch), "hand-written loop")
+	ratio("batch pipeline / hand-written batches", bn, fmt.Sprintf("hand-written loop, batches of %d", *batch))
+	ratio("Once throughput / plain (per entry)", "pipeline + Once", "pipeline")
+	ratio("Once throughput / plain (batch)", bn+" + Once", bn)
+}
