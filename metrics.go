@@ -156,7 +156,7 @@ func NewMetrics(opts MetricsOptions) (*Metrics, error) {
 	m.claimedTotal = counter("queue", "messages_claimed_total", "Stale stream entries claimed from other consumers, by stream.", "stream")
 	m.readLatency = histogram("queue", "read_latency_seconds", "Duration of stream reads that returned entries (time spent blocked waiting for entries is excluded), by stream.", "stream")
 	m.deadLettered = counter("queue", "dead_lettered_total", "Stream entries moved to the dead-letter stream, by stream and reason.", "stream", "reason")
-	m.handlerLatency = histogram("queue", "handler_latency_seconds", "Duration of message handlers including their commit, by stream.", "stream")
+	m.handlerLatency = histogram("queue", "handler_latency_seconds", "Duration of handler calls (for pipelines, the whole transaction), by stream.", "stream")
 	m.handlerPanics = counter("queue", "handler_panics_total", "Message handlers that panicked (the entry stays pending), by stream.", "stream")
 	m.pending = gauge("queue", "pending_entries", "Entries delivered to the group but not acknowledged, by stream and group.", "stream", "group")
 	m.oldestPending = gauge("queue", "oldest_pending_age_seconds", "Idle time of the oldest unacknowledged entry, by stream and group.", "stream", "group")
