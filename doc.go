@@ -65,6 +65,32 @@
 //		safesync.WithRowLock("orders", safesync.Key{"id": orderID}, process)))
 //	res, err := safesync.Retry(safesync.Backoff(10*time.Millisecond, 20), job)(ctx)
 //
+// # Streams
+//
+// A Consumer reads a Redis stream in a consumer group: its own pending
+// entries first, then new ones; it runs up to Concurrency handlers (in
+// per-key order with OrderBy), acknowledges an entry after its handler
+// returns nil, reclaims entries left pending by others with XAUTOCLAIM,
+// and moves entries that cannot be decoded, fail Permanently or exceed
+// MaxDeliveries to a dead-letter stream. JSON reads and PublishJSON writes
+// the original framework's wire format (one field "data" holding a JSON
+// object), so Go and Python workers share streams and groups.
+//
+// # Pipelines
+//
+// Stream joins a stream to a database: each entry is applied in one
+// transaction and acknowledged from its after-commit hook, never before
+// its effects are durable. Once makes the effects exactly-once; Batch
+// applies many entries per transaction without letting one bad entry
+// poison the rest:
+//
+//	err := safesync.Stream[Order](safesync.JSON[Order]()).
+//		Handle(applyOrder). // func(ctx, *Tx, Message[Order]) error
+//		AckAfter(safesync.Commit(db)).
+//		Once("safesync_applied").
+//		Batch(100).
+//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: host})
+//
 // # Metrics
 //
 // Metrics keeps the original framework's metric names
