@@ -31,6 +31,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
@@ -41,6 +42,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/bench/internal/results"
 )
 
 type order struct {
@@ -59,6 +61,7 @@ var (
 	accounts    = flag.Int("accounts", 1000, "rows the updates spread over")
 	only        = flag.String("only", "", "run only the contenders whose names match this regular expression")
 	cpuprofile  = flag.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+	out         = flag.String("json", "", "also write every sample to this file, as JSON")
 )
 
 const (
@@ -128,6 +131,20 @@ func main() {
 		}
 	}
 	report(contenders, samples)
+	if *out != "" {
+		run := results.Run{Benchmark: "pipeline", Params: map[string]string{
+			"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "concurrency": strconv.Itoa(*concurrency),
+			"batch": strconv.Itoa(*batch), "accounts": strconv.Itoa(*accounts), "interpolateParams": strconv.FormatBool(strings.Contains(*mysqlDSN, "interpolateParams=true")),
+		}}
+		for _, c := range contenders {
+			for rep, s := range samples[c.name] {
+				run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
+			}
+		}
+		if err := run.Write(*out); err != nil {
+			log.Fatal(err)
+		}
+	}
 }
 
 // measure prepares fresh data, runs c once and verifies the outcome.

@@ -38,6 +38,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/bench/internal/results"
 )
 
 // order is the payload: what the Python original's json.dumps would write.
@@ -54,6 +55,7 @@ var (
 	count = flag.Int("count", 100, "entries per read (XREADGROUP COUNT) for the batched contenders")
 	only  = flag.String("only", "", `run only the contenders whose names match this regular expression ("fast": all but watermill)`)
 	prof  = flag.String("cpuprofile", "", "write a CPU profile of the drains to this file")
+	out   = flag.String("json", "", "also write every sample to this file, as JSON")
 )
 
 // contender drains stream with a client of its own, so that how one uses
@@ -101,7 +103,7 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	results := map[string][]sample{}
+	samples := map[string][]sample{}
 	for rep := range *reps {
 		for i := range contenders {
 			c := contenders[(i+rep)%len(contenders)]
@@ -110,11 +112,22 @@ func main() {
 			if err != nil {
 				log.Fatalf("%s, repetition %d: %v", c.name, rep+1, err)
 			}
-			results[c.name] = append(results[c.name], s)
+			samples[c.name] = append(samples[c.name], s)
 			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.1f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), rate(s.elapsed))
 		}
 	}
-	report(contenders, results)
+	report(contenders, samples)
+	if *out != "" {
+		run := results.Run{Benchmark: "streamdrain", Params: map[string]string{"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count)}}
+		for _, c := range contenders {
+			for rep, s := range samples[c.name] {
+				run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
+			}
+		}
+		if err := run.Write(*out); err != nil {
+			log.Fatal(err)
+		}
+	}
 }
 
 // measure fills stream, drains it with c, checks that nothing is left

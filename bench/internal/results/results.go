@@ -1,0 +1,84 @@
+// Package results is the machine-readable form of a benchmark run, written
+// by the bench programs with -json and read by the report.
+package results
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"time"
+)
+
+// Sample is one repetition of one contender.
+type Sample struct {
+	Contender string  `json:"contender"`
+	Rep       int     `json:"rep"`
+	Entries   int     `json:"entries"`
+	Seconds   float64 `json:"seconds"`
+	Allocs    float64 `json:"allocs_per_entry"`
+	Bytes     float64 `json:"bytes_per_entry"`
+}
+
+// Run is every sample of one invocation of a bench program.
+type Run struct {
+	Benchmark string            `json:"benchmark"`
+	Params    map[string]string `json:"params"`
+	Samples   []Sample          `json:"samples"`
+}
+
+// Add records one sample.
+func (r *Run) Add(contender string, rep, entries int, elapsed time.Duration, allocs, bytes float64) {
+	r.Samples = append(r.Samples, Sample{contender, rep, entries, elapsed.Seconds(), allocs, bytes})
+}
+
+// Write stores r as indented JSON at path.
+func (r *Run) Write(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Read loads a Run written by Write.
+func Read(path string) (*Run, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Run
+	return &r, json.Unmarshal(b, &r)
+}
+
+// Of returns the samples of one contender in repetition order.
+func (r *Run) Of(contender string) []Sample {
+	var out []Sample
+	for _, s := range r.Samples {
+		if s.Contender == contender {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Median returns the sample with the median time of a contender's
+// samples, and false when it has none.
+func (r *Run) Median(contender string) (Sample, bool) {
+	s := r.Of(contender)
+	if len(s) == 0 {
+		return Sample{}, false
+	}
+	slices.SortFunc(s, func(a, b Sample) int {
+		switch {
+		case a.Seconds < b.Seconds:
+			return -1
+		case a.Seconds > b.Seconds:
+			return 1
+		}
+		return 0
+	})
+	return s[len(s)/2], true
+}
+
+// Rate is entries per second.
+func (s Sample) Rate() float64 { return float64(s.Entries) / s.Seconds }

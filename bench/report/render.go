@@ -1,0 +1,292 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/safesync-go/safesync/bench/internal/results"
+)
+
+// render writes BENCHMARKS.md and the charts from the files in results/.
+func render() error {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	res := func(name string) string { return filepath.Join(*resultsDir, name) }
+
+	info, err := os.ReadFile(res("machine.txt"))
+	if err != nil {
+		return fmt.Errorf("no measurements yet (run without -render-only): %w", err)
+	}
+	p("# Benchmarks\n\n")
+	p("Every figure below comes from one run of one command on the local services,\n")
+	p("measured side by side (each contender against its baseline in the same run,\n")
+	p("in a rotating order) and reported as medians of repeated runs:\n\n")
+	p("```sh\ncd bench && go run ./report -mysql 'root@tcp(127.0.0.1:3306)/test' -redis 127.0.0.1:6379\n```\n\n")
+	p("Raw outputs and JSON samples are in [`bench/results/`](bench/results/); `go run ./report -render-only`\n")
+	p("rebuilds this page from them. The machine:\n\n```\n%s```\n\n", info)
+	p("The database and Redis run on the same two cores as the benchmark, so a\n")
+	p("client that spends less CPU leaves more to the servers: allocations and\n")
+	p("CPU per entry matter here more than on a machine with spare cores.\n\n")
+	p("![throughput](bench/results/throughput.svg)\n\n")
+
+	if err := renderWithTx(p, res("withtx.txt")); err != nil {
+		return err
+	}
+	if err := renderStrategies(p, res("strategies.txt")); err != nil {
+		return err
+	}
+	drain, err := results.Read(res("streamdrain.json"))
+	if err != nil {
+		return err
+	}
+	renderDrain(p, drain)
+	pipe, err := results.Read(res("pipeline.json"))
+	if err != nil {
+		return err
+	}
+	prepared, err := results.Read(res("pipeline-prepared.json"))
+	if err != nil {
+		return err
+	}
+	renderPipeline(p, pipe, prepared)
+	scale, err := renderScaling(p, res, pipe)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(res("throughput.svg"), []byte(throughputChart(drain, pipe)), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(res("scaling.svg"), []byte(scalingChart(scale)), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(*outFile, []byte(b.String()), 0o644)
+}
+
+type printer func(format string, args ...any)
+
+func renderWithTx(p printer, path string) error {
+	lines, err := parseBench(path)
+	if err != nil {
+		return err
+	}
+	p("## WithTx against hand-written database/sql\n\n")
+	p("One single-row `UPDATE` per transaction on MariaDB. The `pair` benchmark runs\n")
+	p("one transaction of each per iteration, alternating which goes first, and\n")
+	p("reports each side's median; the table gives the median of those over the runs.\n")
+	p("safesync records its metrics. Allocations come from the separate benchmarks.\n\n")
+	p("| DSN | database/sql µs/tx | safesync µs/tx | ratio | allocs/tx database/sql → safesync |\n|---|---:|---:|---:|---:|\n")
+	for _, mode := range []struct{ name, label string }{{"prepared", "default (server-side prepared statements)"}, {"interpolateParams", "`interpolateParams=true`"}} {
+		base, _ := medianOf(lines, "BenchmarkWithTx/"+mode.name+"/pair", "database_sql-ns/tx")
+		ours, _ := medianOf(lines, "BenchmarkWithTx/"+mode.name+"/pair", "safesync-ns/tx")
+		ratio, _ := medianOf(lines, "BenchmarkWithTx/"+mode.name+"/pair", "ratio")
+		ab, _ := medianOf(lines, "BenchmarkWithTx/"+mode.name+"/database_sql", "allocs/op")
+		ao, _ := medianOf(lines, "BenchmarkWithTx/"+mode.name+"/safesync", "allocs/op")
+		p("| %s | %.1f | %.1f | **%.3f** | %.0f → %.0f |\n", mode.label, base/1000, ours/1000, ratio, ab, ao)
+	}
+	p("\nTarget: ratio ≤ 1.05.\n\n")
+	return nil
+}
+
+func renderStrategies(p printer, path string) error {
+	lines, err := parseBench(path)
+	if err != nil {
+		return err
+	}
+	p("## Concurrency strategies under contention\n\n")
+	p("8 workers increment counters on one hot row and spread over 64 rows; every\n")
+	p("run checks that the counters add up to the increments made.\n\n")
+	p("| strategy | rows | ops/s | p50 ms | p99 ms | retries/op |\n|---|---:|---:|---:|---:|---:|\n")
+	for _, rows := range []string{"1", "64"} {
+		for _, s := range []string{"atomic", "rowlock", "advisory", "occ"} {
+			name := "BenchmarkStrategies/rows=" + rows + "/" + s
+			ops, ok := medianOf(lines, name, "ops/s")
+			if !ok {
+				continue
+			}
+			p50, _ := medianOf(lines, name, "p50-ms")
+			p99, _ := medianOf(lines, name, "p99-ms")
+			r, _ := medianOf(lines, name, "retries/op")
+			p("| %s | %s | %.0f | %.2f | %.2f | %.3f |\n", s, rows, ops, p50, p99, r)
+		}
+	}
+	p("\n")
+	return nil
+}
+
+// pairedRatio is the median over repetitions of base time / contender time.
+func pairedRatio(r *results.Run, base, contender string) float64 {
+	b, c := r.Of(base), r.Of(contender)
+	var ratios []float64
+	for _, x := range b {
+		for _, y := range c {
+			if x.Rep == y.Rep {
+				ratios = append(ratios, x.Seconds/y.Seconds)
+			}
+		}
+	}
+	if len(ratios) == 0 {
+		return math.NaN()
+	}
+	sortFloats(ratios)
+	return ratios[len(ratios)/2]
+}
+
+func sortFloats(v []float64) {
+	for i := 1; i < len(v); i++ {
+		for j := i; j > 0 && v[j] < v[j-1]; j-- {
+			v[j], v[j-1] = v[j-1], v[j]
+		}
+	}
+}
+
+func renderDrain(p printer, r *results.Run) {
+	const hand, wm = "hand-written rueidis loop", "watermill-redisstream"
+	p("## Draining a stream\n\n")
+	p("%s entries pre-filled in the original's wire format, JSON-decoded, no-op\n", r.Params["entries"])
+	p("handler, %s repetitions (method: [bench/README.md](bench/README.md)).\n\n", r.Params["reps"])
+	p("| contender | median ms | entries/s | allocs/entry | B/entry | vs hand-written loop | vs watermill |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	h, _ := r.Median(hand)
+	w, hasW := r.Median(wm)
+	for _, c := range []string{hand, "safesync Run", "safesync Run, Concurrency 4", "safesync RunBatch", wm} {
+		s, ok := r.Median(c)
+		if !ok {
+			continue
+		}
+		vsW := ""
+		if hasW {
+			vsW = fmt.Sprintf("%.1f×", w.Seconds/s.Seconds)
+		}
+		p("| %s | %.0f | %.0f | %.1f | %.0f | %.2f× (%.2f×) | %s |\n", c, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, h.Seconds/s.Seconds, pairedRatio(r, hand, c), vsW)
+	}
+	p("\nIn parentheses: the median of per-repetition ratios. Targets: `Run` ≥ 0.9× the\n")
+	p("hand-written loop and ≥ 10× watermill-redisstream.\n\n")
+}
+
+func renderPipeline(p printer, r, prepared *results.Run) {
+	p("## Stream → MariaDB pipelines\n\n")
+	p("Every entry is one `UPDATE` in a transaction, then acknowledged; %s entries,\n", r.Params["entries"])
+	p("%s transactions in flight for every contender, %s repetitions, DSN with\n", r.Params["concurrency"], r.Params["reps"])
+	p("`interpolateParams=true`. The hand-written loops are what a team would write\n")
+	p("without safesync: `XREADGROUP` → `BEGIN`/`UPDATE`/`COMMIT` → `XACK`.\n\n")
+	table := func(r *results.Run) {
+		p("| contender | median s | entries/s | allocs/entry | B/entry |\n|---|---:|---:|---:|---:|\n")
+		for _, c := range pipelineContenders {
+			if s, ok := r.Median(c); ok {
+				p("| %s | %.2f | %.0f | %.1f | %.0f |\n", c, s.Seconds, s.Rate(), s.Allocs, s.Bytes)
+			}
+		}
+	}
+	table(r)
+	ratio := func(r *results.Run, num, den string) float64 {
+		a, okA := r.Median(num)
+		b, okB := r.Median(den)
+		if !okA || !okB {
+			return math.NaN()
+		}
+		return b.Seconds / a.Seconds
+	}
+	perEntry := ratio(r, "pipeline", "hand-written loop")
+	batch := ratio(r, "pipeline Batch(100)", "pipeline")
+	handBatch := ratio(r, "hand-written loop, batches of 100", "hand-written loop")
+	batchVsHand := ratio(r, "pipeline Batch(100)", "hand-written loop, batches of 100")
+	oncePer := 1 - ratio(r, "pipeline + Once", "pipeline")
+	onceBatch := 1 - ratio(r, "pipeline Batch(100) + Once", "pipeline Batch(100)")
+	p("\n| measure | figure | target |\n|---|---:|---|\n")
+	p("| pipeline / hand-written loop (throughput) | **%.2f×** (per repetition: %.2f×) | ≥ 0.9× |\n", perEntry, pairedRatio(r, "hand-written loop", "pipeline"))
+	p("| `Batch(100)` / per-entry pipeline | **%.2f×** | ≥ 5× |\n", batch)
+	p("| hand-written batches of 100 / hand-written per entry | %.2f× | (what the machine allows) |\n", handBatch)
+	p("| `Batch(100)` / hand-written batches of 100 | %.2f× | |\n", batchVsHand)
+	p("| cost of `Once`, per entry | **%.0f%%** | ≤ 15%% |\n", oncePer*100)
+	p("| cost of `Once`, batches of 100 | **%.0f%%** | ≤ 15%% |\n\n", onceBatch*100)
+	p("Batching cannot beat what the server allows: on two cores shared with the\n")
+	p("client and Redis, MariaDB's CPU for the `UPDATE` statements bounds a batch,\n")
+	p("and the hand-written loop gains no more from the same batching (row above).\n")
+	p("`Once` adds a second row write to every transaction; per entry that is one\n")
+	p("more statement in a transaction of one, which is what it costs. In batches\n")
+	p("the pipeline writes all records of a transaction with one multi-row `INSERT`.\n\n")
+	p("With the driver's default server-side prepared statements (a prepare, an\n")
+	p("execute and a close per statement), %s entries:\n\n", prepared.Params["entries"])
+	table(prepared)
+	p("\n")
+}
+
+var pipelineContenders = []string{
+	"hand-written loop", "hand-written loop, batches of 100",
+	"pipeline", "pipeline + Once", "pipeline Batch(100)", "pipeline Batch(100) + Once",
+}
+
+// scaling holds the points of the scaling chart.
+type scaling struct {
+	byEntries     map[string][][2]float64 // contender -> (entries, entries/s)
+	byConcurrency map[string][][2]float64 // contender -> (concurrency, entries/s)
+}
+
+func renderScaling(p printer, res func(string) string, big *results.Run) (scaling, error) {
+	sc := scaling{byEntries: map[string][][2]float64{}, byConcurrency: map[string][][2]float64{}}
+	p("## How cost grows\n\n")
+	p("![scaling](bench/results/scaling.svg)\n\n")
+	p("### From 1,000 to 100,000 entries\n\n")
+	p("Same pipelines, 4 transactions in flight, `interpolateParams=true`.\n\n")
+	p("| entries | hand-written loop | pipeline | pipeline Batch(100) |\n|---:|---:|---:|---:|\n")
+	runs := map[string]*results.Run{}
+	for _, n := range []string{"1000", "10000"} {
+		r, err := results.Read(res("scale-n" + n + ".json"))
+		if err == nil {
+			runs[n] = r
+		}
+	}
+	runs[big.Params["entries"]] = big
+	for _, n := range []string{"1000", "10000", "100000"} {
+		r, ok := runs[n]
+		if !ok {
+			continue
+		}
+		row := "| " + n
+		for _, c := range []string{"hand-written loop", "pipeline", "pipeline Batch(100)"} {
+			s, ok := r.Median(c)
+			if !ok {
+				row += " | –"
+				continue
+			}
+			row += fmt.Sprintf(" | %.0f/s (%.1f µs/entry)", s.Rate(), s.Seconds/float64(s.Entries)*1e6)
+			x, _ := parseFloat(n)
+			sc.byEntries[c] = append(sc.byEntries[c], [2]float64{x, s.Rate()})
+		}
+		p("%s |\n", row)
+	}
+	p("\nThe cost per entry stays flat from 10,000 entries on: nothing in the\n")
+	p("pipeline grows with the backlog. At 1,000 entries start-up (group creation,\n")
+	p("the first reads, the statements' preparation) is a visible share.\n\n")
+	p("### From 1 to 16 transactions in flight\n\n")
+	p("| in flight | pipeline | pipeline Batch(100) |\n|---:|---:|---:|\n")
+	for _, w := range []string{"1", "2", "4", "8", "16"} {
+		r, err := results.Read(res("scale-c" + w + ".json"))
+		if err != nil {
+			continue
+		}
+		row := "| " + w
+		for _, c := range []string{"pipeline", "pipeline Batch(100)"} {
+			s, ok := r.Median(c)
+			if !ok {
+				row += " | –"
+				continue
+			}
+			row += fmt.Sprintf(" | %.0f/s", s.Rate())
+			x, _ := parseFloat(w)
+			sc.byConcurrency[c] = append(sc.byConcurrency[c], [2]float64{x, s.Rate()})
+		}
+		p("%s |\n", row)
+	}
+	p("\nPer-entry transactions scale with concurrency while the server can group\n")
+	p("their commits; batches are bound by the server's CPU almost at once.\n")
+	return sc, nil
+}
+
+func parseFloat(s string) (float64, error) {
+	var f float64
+	_, err := fmt.Sscan(s, &f)
+	return f, err
+}
