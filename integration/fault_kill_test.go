@@ -84,7 +84,11 @@ func faultPipeline(w *faultWorkload, db *sql.DB, applied string, work time.Durat
 			}
 			reason, retry := safesync.DefaultClassifier(err)
 			if !retry {
-				count(statGaveUp+errorKind(err), 1)
+				kind := errorKind(err)
+				if kind == "other" {
+					kind += "(" + truncateText(err.Error(), 200) + ")"
+				}
+				count(statGaveUp+kind, 1)
 			}
 			return reason, retry
 		}).
@@ -241,4 +245,11 @@ func TestFaultWorkerKillsApplyEveryEntryExactlyOnce(t *testing.T) {
 	if s[statRedelivered] == 0 {
 		t.Errorf("no handler call was for a redelivered entry: the kills interrupted nothing")
 	}
+}
+
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
