@@ -105,12 +105,20 @@ func TestFaultMySQLConnectionKillsApplyEveryEntryExactlyOnce(t *testing.T) {
 	w.publish(t, 1, entries, randomMalformed(1, entries, 5))
 
 	stats := newCounter()
-	p := faultPipeline(w, db, w.applied, 2*time.Millisecond, stats.count)
+	p := faultPipeline(w, db, w.applied, 2*time.Millisecond, 0, stats.count)
 	stop := runConsumers(p, rdb, w, 3)
 	defer stop()
 
 	side := sideConn(t)
 	ctx := context.Background()
+	// The kills begin once entries are being applied: a consumer whose
+	// start (preparing the exactly-once insert) failed would stop.
+	if err := pollUntil(time.Minute, "entries applied", func() (bool, error) {
+		applied, _, _, err := w.progress(ctx)
+		return applied > 0, err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	kills := 0
 	start := time.Now()
 	deadline := start.Add(3 * time.Minute)
