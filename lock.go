@@ -202,6 +202,8 @@ type advisoryConfig struct {
 // LockCheckInterval sets how often the lock is checked while fn runs
 // (DefaultLockCheckInterval when not given). Each check is one short query
 // on another pooled connection; fns shorter than the interval cause none.
+// (The confirmation after fn returns, on the transaction's own connection,
+// is separate and always runs; see WithAdvisoryLock.)
 func LockCheckInterval(d time.Duration) AdvisoryLockOption {
 	return func(c *advisoryConfig) { c.checkInterval = d }
 }
