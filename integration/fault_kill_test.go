@@ -193,6 +193,13 @@ func TestFaultWorkerKillsApplyEveryEntryExactlyOnce(t *testing.T) {
 		return out
 	}
 	start := time.Now()
+	// The kills begin once entries are being applied.
+	if err := pollUntil(2*time.Minute, "entries applied", func() (bool, error) {
+		applied, _, _, err := w.progress(context.Background())
+		return applied > 0, err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	var killedAt []int64 // entries applied at each kill
 	for len(killedAt) < killTimes && time.Now().Before(deadline) {
 		time.Sleep(time.Duration(200+rand.IntN(1000)) * time.Millisecond)
