@@ -67,7 +67,7 @@ func faultPipelineWorker(ctx context.Context, raw json.RawMessage) (any, error) 
 	if err := rdb.Do(ctx, rdb.B().Hset().Key(a.Stats).FieldValue().FieldValue(statRunning+a.Consumer, strconv.Itoa(os.Getpid())).Build()).Error(); err != nil {
 		return nil, err
 	}
-	return nil, p.Run(ctx, rdb, faultStreamConfig(a.Stream, a.Group, a.Consumer, nil))
+	return nil, p.Run(ctx, rdb, faultStreamConfig(a.Stream, a.Group, a.Consumer))
 }
 
 // faultPipeline is the pipeline under test: batches of up to 8 entries,

@@ -189,7 +189,7 @@ func TestFaultAdvisoryLockKillsInAPipeline(t *testing.T) {
 	var runs sync.WaitGroup
 	runErrs := make(chan error, 3)
 	for i := range 3 {
-		cfg := faultStreamConfig(w.stream, w.group, fmt.Sprintf("c%d", i), nil)
+		cfg := faultStreamConfig(w.stream, w.group, fmt.Sprintf("c%d", i))
 		cfg.Concurrency = 1
 		runs.Add(1)
 		go func() {

@@ -77,7 +77,7 @@ func runConsumers(p safesync.Pipeline[order], rdb rueidis.Client, w *faultWorklo
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = p.Run(ctx, rdb, faultStreamConfig(w.stream, w.group, fmt.Sprintf("c%d", i), nil))
+			errs[i] = p.Run(ctx, rdb, faultStreamConfig(w.stream, w.group, fmt.Sprintf("c%d", i)))
 		}()
 	}
 	var once sync.Once

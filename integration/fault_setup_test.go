@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -268,14 +267,14 @@ func (w *faultWorkload) check(t *testing.T) {
 // reads and a short ClaimIdle so that entries left behind come back soon,
 // and MaxDeliveries high enough that no well-formed entry is dead-lettered
 // for having been redelivered by the faults.
-func faultStreamConfig(stream, group, consumer string, logger *slog.Logger) safesync.StreamConfig {
+func faultStreamConfig(stream, group, consumer string) safesync.StreamConfig {
 	m, _ := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
 	return safesync.StreamConfig{
 		Stream: stream, Group: group, Consumer: consumer,
 		Block: 100 * time.Millisecond, Count: 16, Concurrency: 2,
 		ClaimIdle: time.Second, ClaimInterval: 200 * time.Millisecond,
 		MaxDeliveries: 50, ShutdownGrace: 5 * time.Second,
-		Metrics: m, Logger: logger,
+		Metrics: m,
 	}
 }
 

@@ -133,7 +133,7 @@ func TestFaultSlowHandlerPastClaimIdle(t *testing.T) {
 				fastAcked.Add(int64(len(msgs)))
 			})
 			config := func(name string) safesync.StreamConfig {
-				cfg := faultStreamConfig(w.stream, w.group, name, nil)
+				cfg := faultStreamConfig(w.stream, w.group, name)
 				cfg.Concurrency = 1
 				cfg.ClaimIdle = 500 * time.Millisecond
 				cfg.ClaimInterval = 100 * time.Millisecond
