@@ -124,7 +124,7 @@ func TestFaultMySQLConnectionKillsApplyEveryEntryExactlyOnce(t *testing.T) {
 	deadline := start.Add(3 * time.Minute)
 	for !w.done(ctx) && time.Now().Before(deadline) {
 		time.Sleep(time.Duration(20+mathrand.IntN(80)) * time.Millisecond)
-		ids, err := safesync.Select[int64](ctx, side, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()", user)
+		ids, err := safesync.Select[int64](ctx, side, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND DB = DATABASE() AND ID <> CONNECTION_ID()", user)
 		if err != nil {
 			t.Fatal(err)
 		}
