@@ -56,7 +56,8 @@
 // available) and hands it to fn. WithAdvisoryLock takes a named GET_LOCK on
 // the transaction's own connection, holds it across COMMIT and releases it
 // on that connection before the connection returns to the pool; fn's ctx
-// is cancelled if the lock is lost. OCC runs one optimistic attempt and
+// is cancelled if the lock is lost, and the lock is confirmed once more
+// after fn returns, before COMMIT. OCC runs one optimistic attempt and
 // reports a moved version as ErrConflict; InsertIdempotent treats only
 // MySQL error 1062 as a duplicate. Retry decides, with DefaultClassifier,
 // which failures a new transaction can fix:

@@ -202,6 +202,8 @@ type advisoryConfig struct {
 // LockCheckInterval sets how often the lock is checked while fn runs
 // (DefaultLockCheckInterval when not given). Each check is one short query
 // on another pooled connection; fns shorter than the interval cause none.
+// (The confirmation after fn returns, on the transaction's own connection,
+// is separate and always runs; see WithAdvisoryLock.)
 func LockCheckInterval(d time.Duration) AdvisoryLockOption {
 	return func(c *advisoryConfig) { c.checkInterval = d }
 }
@@ -233,9 +235,21 @@ func validateLockName(name string, timeout time.Duration) error {
 // lock is lost (its connection dies, or IS_USED_LOCK(name) no longer names
 // this connection), checked every LockCheckInterval; the TxFunc then
 // returns ErrLockLost (joined with fn's error) and the transaction rolls
-// back. A loss found only at release, after COMMIT, is reported as
-// ErrLockLost wrapped in ErrAfterCommit. WithAdvisoryLock panics if fn is
-// nil.
+// back.
+//
+// When fn returns nil, the TxFunc confirms that the lock is still held
+// with one more round trip on the transaction's own connection
+// (SELECT IS_USED_LOCK(name), compared with the connection id recorded at
+// GET_LOCK) before returning, so before the enclosing transaction commits.
+// If the query fails (the connection was killed or dropped after fn's last
+// statement) or the lock is held by another session or by none, it returns
+// ErrLockLost and the transaction rolls back; DefaultClassifier retries it
+// (reason lock_lost). Without this check such a loss would surface only
+// when COMMIT failed on the dead connection, as an unknown commit outcome
+// that is not retried. A connection lost in the instant between the check
+// and COMMIT still makes the outcome unknown (ErrCommitUnknown). A loss
+// found only at release, after COMMIT, is reported as ErrLockLost wrapped
+// in ErrAfterCommit. WithAdvisoryLock panics if fn is nil.
 func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], opts ...AdvisoryLockOption) TxFunc[R] {
 	if fn == nil {
 		panic("safesync: WithAdvisoryLock with nil fn")
@@ -287,8 +301,43 @@ func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], o
 			tx.metrics.countLockLost(strategyAdvisory)
 			return zero, errors.Join(fmt.Errorf("%w: %q: its connection failed", ErrLockLost, name), err)
 		}
-		return result, err
+		if err != nil {
+			return result, err
+		}
+		if err := confirmAdvisoryLock(ctx, tx, name, connID); err != nil {
+			return zero, err
+		}
+		return result, nil
 	}
+}
+
+// confirmAdvisoryLock checks, on the transaction's own connection, that
+// connID still holds the lock, once fn has returned nil and before the
+// transaction goes on to COMMIT. A lock whose connection was killed after
+// fn's last statement would otherwise be noticed only by COMMIT failing on
+// the dead connection, an outcome reported as unknown and not retried,
+// although the server rolled the transaction back when it ended the
+// session. A failed check is ErrLockLost (joined with the query's error),
+// which rolls back and is retried; a check cut short by the end of ctx
+// returns ctx's error.
+func confirmAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64) error {
+	var holder sql.NullInt64
+	err := tx.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&holder)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return errors.Join(ctx.Err(), err)
+	case err != nil:
+		tx.metrics.countLockLost(strategyAdvisory)
+		return errors.Join(fmt.Errorf("%w: %q: confirming it before commit failed", ErrLockLost, name), err)
+	case !holder.Valid || holder.Int64 != connID:
+		tx.metrics.countLockLost(strategyAdvisory)
+		who := "nobody"
+		if holder.Valid {
+			who = fmt.Sprintf("connection %d", holder.Int64)
+		}
+		return fmt.Errorf("%w: %q is held by %s, not connection %d, before commit", ErrLockLost, name, who, connID)
+	}
+	return nil
 }
 
 // releaseAdvisoryLock runs RELEASE_LOCK on the lock's own connection. Any

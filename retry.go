@@ -63,9 +63,9 @@ const (
 //   - ErrConflict, deadlocks (1213), lock wait timeouts (1205, and NOWAIT
 //     refusals: 3572, ErrRowLocked), and ErrLockLost before COMMIT;
 //   - connection failures that cannot have committed anything: a statement
-//     never sent (driver.ErrBadConn), a failed dial, or a connection lost
-//     inside a WithTx transaction before COMMIT was sent (the server rolls
-//     such a transaction back).
+//     never sent (driver.ErrBadConn), a failed dial, a connection lost
+//     while WithTx ran BEGIN, or one lost inside a WithTx transaction
+//     before COMMIT was sent (the server rolls such a transaction back).
 //
 // It never retries ctx cancellation or deadline, an unknown commit outcome
 // (ErrCommitUnknown), a failure after a successful commit (ErrAfterCommit),
@@ -125,8 +125,8 @@ func isConnectionError(err error) bool {
 func isTimeout(err net.Error) bool { return err.Timeout() }
 
 // rolledBackError marks a connection failure inside a WithTx transaction
-// before COMMIT was sent: the server rolls the transaction back, so a new
-// attempt cannot apply the work twice.
+// before COMMIT was sent, BEGIN included: the server rolls the transaction
+// back (or never started it), so a new attempt cannot apply the work twice.
 type rolledBackError struct{ err error }
 
 func (e *rolledBackError) Error() string { return e.err.Error() }

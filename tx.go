@@ -256,7 +256,13 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 	sqlTx, err := conn.BeginTx(beginCtx, &sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly})
 	if err != nil {
 		conn.Close()
-		return zero, fmt.Errorf("safesync: begin: %w", err)
+		err = fmt.Errorf("safesync: begin: %w", err)
+		if isConnectionError(err) {
+			// The connection failed before fn ran: nothing was done, and
+			// nothing can be committed, so a new attempt is safe.
+			err = &rolledBackError{err: err}
+		}
+		return zero, err
 	}
 	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
 	// No cancel func is added: a ctx with a Done channel makes the driver
