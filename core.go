@@ -69,6 +69,15 @@ func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
 	}
 }
 
+// newPartitionCore is newStreamCore for partition index of the logical
+// stream named logical: cfg.Stream is the partition's key.
+func newPartitionCore(client rueidis.Client, cfg StreamConfig, logical string, index int) *streamCore {
+	s := newStreamCore(client, cfg)
+	s.log = s.log.With("partition", index)
+	s.metrics = cfg.Metrics.forPartition(cfg.Stream, cfg.Group, logical, index)
+	return s
+}
+
 // rereadOwnPending makes the next read start again with this consumer's
 // own pending entries, as at a restart.
 func (s *streamCore) rereadOwnPending() {

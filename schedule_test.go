@@ -32,7 +32,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 	active := map[string]bool{}
 	var running, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		mu.Lock()
@@ -58,7 +58,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		mu.Unlock()
 		running.Add(-1)
 		for _, m := range u.msgs {
-			w.ack(s, m.ID)
+			w.ack(s, m.part, m.ID)
 		}
 		ran.Add(int64(len(u.msgs)))
 	}
@@ -126,7 +126,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	s := newScheduler[int](context.Background(), slots, 1, 10, nil)
 	release := make(chan struct{})
 	var ran atomic.Int64
-	s.flushAcks = func([]string) {}
+	s.flushAcks = func(int, []string) {}
 	s.work = func(w *worker[int], u *unit[int]) {
 		ran.Add(1)
 		<-release
@@ -162,7 +162,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 	s := newScheduler[int](ctx, slots, 1, 10, nil)
 	var running, maxRunning, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		for m := maxRunning.Load(); r > m && !maxRunning.CompareAndSwap(m, r); m = maxRunning.Load() {
@@ -172,7 +172,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 		}
 		running.Add(-1)
 		ran.Add(1)
-		w.ack(s, u.msgs[0].ID)
+		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
 	}
 	batch := func(from, n int) []Message[int] {
 		msgs := make([]Message[int], n)
