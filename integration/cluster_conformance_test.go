@@ -55,3 +55,12 @@ func TestClusterStreamConformance(t *testing.T) {
 		NewClient: func(t *testing.T) rueidis.Client { return c.client(t) },
 	})
 }
+
+// The partitioned-stream cases on a Redis Cluster: each partition in its
+// own slot, read by its own blocking XREADGROUP.
+func TestClusterPartitionConformance(t *testing.T) {
+	c := openSharedCluster(t)
+	safesynctest.RunPartitionConformance(t, safesynctest.StreamTarget{
+		NewClient: func(t *testing.T) rueidis.Client { return c.client(t) },
+	})
+}
