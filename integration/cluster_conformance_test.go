@@ -2,11 +2,16 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/safesync-go/safesync"
 
 	"github.com/safesync-go/safesync/safesynctest"
 )
@@ -63,4 +68,82 @@ func TestClusterPartitionConformance(t *testing.T) {
 	safesynctest.RunPartitionConformance(t, safesynctest.StreamTarget{
 		NewClient: func(t *testing.T) rueidis.Client { return c.client(t) },
 	})
+}
+
+// Three partitions sit on the three masters of a fresh cluster.
+func TestClusterThreePartitionsSitOnThreeMasters(t *testing.T) {
+	c := openSharedCluster(t)
+	p, err := safesync.NewPartitions("orders", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, k := range p.Streams() {
+		m, err := c.masterOf(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[m] = true
+	}
+	if len(seen) != 3 {
+		t.Fatalf("partitions %v sit on %d masters, want 3", p.Streams(), len(seen))
+	}
+}
+
+// A dead-letter stream in another slot than its stream cannot share a
+// MULTI/EXEC with it on a cluster: the move falls back to XADD then XACK,
+// and still moves every entry and leaves nothing pending.
+func TestClusterDeadLetterToAnotherSlotFallsBackToTwoCommands(t *testing.T) {
+	c := openSharedCluster(t)
+	rdb := c.client(t)
+	stream := "{" + uniqueName(t, "dl") + "}"
+	dead := "{" + uniqueName(t, "dead") + "}"
+	if safesync.KeySlot(stream) == safesync.KeySlot(dead) {
+		t.Skip("the two random names share a slot; nothing to test this time")
+	}
+	t.Cleanup(func() {
+		for _, k := range []string{stream, dead} {
+			_ = rdb.Do(context.Background(), rdb.B().Del().Key(k).Build()).Error()
+		}
+	})
+	for i := range 10 {
+		if _, err := safesync.PublishJSON(context.Background(), rdb, stream, order{OrderID: int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _ := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
+	cons, err := safesync.NewConsumer(rdb, safesync.StreamConfig{
+		Stream: stream, Group: "workers", Consumer: "c1", DeadLetterStream: dead,
+		Block: 100 * time.Millisecond, Metrics: m,
+	}, safesync.JSON[order]())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	handled := 0
+	err = cons.Run(ctx, func(ctx context.Context, msg safesync.Message[order]) error {
+		if handled++; handled == 10 {
+			cancel()
+		}
+		return safesync.Permanent(errors.New("refused"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handled != 10 {
+		t.Fatalf("%d entries handled, want 10", handled)
+	}
+	if p := safesynctest.Pending(t, rdb, stream, "workers"); len(p) != 0 {
+		t.Errorf("%d entries still pending: %v", len(p), p)
+	}
+	letters := safesynctest.DeadLetters(t, rdb, dead)
+	if len(letters) != 10 {
+		t.Fatalf("%d dead letters in %s, want 10", len(letters), dead)
+	}
+	for _, d := range letters {
+		if d.Stream != stream || d.Reason != safesync.DeadLetterHandler {
+			t.Errorf("dead letter %+v: want from %s with reason %s", d, stream, safesync.DeadLetterHandler)
+		}
+	}
 }
