@@ -7,12 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/safesync-go/safesync"
-
 	"github.com/safesync-go/safesync/safesynctest"
 )
 
