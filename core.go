@@ -111,6 +111,17 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 	return nil
 }
 
+// forgetGroup makes the next ensureGroup check the group again, creating
+// it if it is missing: called when a read or claim failed in a way that
+// ends Run, such as NOGROUP (the group was destroyed, or lost in a
+// failover before its creation reached the replica) or a blocked read
+// UNBLOCKED by its group's removal.
+func (s *streamCore) forgetGroup() {
+	s.groupMu.Lock()
+	s.groupReady = false
+	s.groupMu.Unlock()
+}
+
 // read returns up to count entries for this consumer: first its own pending
 // entries (a restarted consumer finishes what it was given), then new ones,
 // waiting up to Block for them, or until shortly before ctx's deadline. It

@@ -28,6 +28,7 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) er
 		}
 		if err != nil {
 			if !retryable(err) {
+				p.core.forgetGroup()
 				return fmt.Errorf("safesync: reclaim on %q: %w", p.core.cfg.Stream, err)
 			}
 			p.core.log.Warn("safesync: reclaim failed; retrying", "error", err)

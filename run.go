@@ -37,7 +37,9 @@ import (
 //
 // Run returns nil after ctx is cancelled. It returns early with an error
 // when Redis refuses to create the group, or a read or claim, in a way
-// retrying cannot fix (the group was destroyed, a key holds another type);
+// retrying cannot fix (the group was destroyed, or lost in a failover
+// before its creation reached the replica; a key holds another type);
+// after a missing group, the next Run creates it again, from StartID;
 // lost connections and a server that is loading or failing over are
 // retried with backoff. Acknowledgements that failed, counted in
 // ack_failures_total as they happen, are also reported in Run's error;
@@ -243,6 +245,7 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 				return nil
 			}
 			if !retryable(err) {
+				p.core.forgetGroup()
 				return fmt.Errorf("safesync: read %q: %w", p.core.cfg.Stream, err)
 			}
 			p.core.log.Warn("safesync: read failed; retrying", "error", err)
