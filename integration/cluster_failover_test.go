@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -50,7 +51,21 @@ type effectKey struct{ stream, id string }
 //   - an order published twice (a publish whose reply was lost is retried
 //     and may have been written twice) is reported, not failed: the two
 //     entries are distinct and each has its own effect.
+//
+// The second case makes the loss certain: just before the kill, the
+// replica is given credentials the master refuses (CONFIG SET masteruser
+// and masterauth) and its link is cut (CLIENT KILL TYPE replica), so it
+// cannot reconnect; 20 more publishes reach the master alone, then it is
+// killed and the replica, behind, is promoted. Meanwhile the handler
+// refuses entries of that master's partition, so none of those 20 is
+// applied before the kill: the test must find them gone from their stream
+// and report them as explained losses.
 func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
+	t.Run("SIGKILL", func(t *testing.T) { runFailover(t, false) })
+	t.Run("SIGKILLAfterCuttingTheReplicationLink", func(t *testing.T) { runFailover(t, true) })
+}
+
+func runFailover(t *testing.T, cutLink bool) {
 	cl := openOwnCluster(t)
 	db := openMySQL(t, nil)
 	rdb := cl.client(t)
@@ -73,8 +88,19 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 		onVictim[i] = m == victim
 	}
 
+	// While hold is set, entries of the killed master's partitions are not
+	// applied (the handler fails, they stay pending), so that entries
+	// lost with it were not applied before.
+	var hold atomic.Bool
+	victimStreams := map[string]bool{}
+	for i, on := range onVictim {
+		victimStreams[parts.Stream(i)] = on
+	}
 	pipeline := safesync.Stream[order](safesync.JSON[order]()).
 		Handle(func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+			if hold.Load() && victimStreams[msg.Stream] {
+				return errHeld
+			}
 			_, err := tx.ExecContext(ctx, "INSERT INTO `"+effects+"` (stream, entry_id, order_id) VALUES (?, ?, ?)", msg.Stream, msg.ID, msg.Value.OrderID)
 			return err
 		}).
@@ -161,6 +187,17 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 		defer pubMu.Unlock()
 		return len(acked)
 	}
+	countOnVictim := func() int {
+		pubMu.Lock()
+		defer pubMu.Unlock()
+		n := 0
+		for _, p := range acked {
+			if onVictim[p.partition] {
+				n++
+			}
+		}
+		return n
+	}
 
 	waitUntil(t, 30*time.Second, "1000 publishes before the kill", func() bool { return countAcked() >= 1000 })
 	// The replica must be online (synced) for the failover to keep the
@@ -171,6 +208,33 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 	})
 	if info, err := cl.cli(victim, "INFO", "replication"); err == nil {
 		t.Logf("the master's replication just before the kill (a replica acknowledges its offset once a second): %s", replicationSummary(info))
+	}
+	var cutAt time.Time
+	if cutLink {
+		info, err := cl.cli(victim, "INFO", "replication")
+		if err != nil {
+			t.Fatal(err)
+		}
+		replica := replicaPort(info)
+		if replica == 0 {
+			t.Fatalf("no replica in INFO replication of %d: %s", victim, info)
+		}
+		hold.Store(true)
+		for _, kv := range [][2]string{{"masteruser", "safesync-refused"}, {"masterauth", "refused"}} {
+			if _, err := cl.cli(replica, "CONFIG", "SET", kv[0], kv[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := cl.cli(victim, "CLIENT", "KILL", "TYPE", "replica"); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 10*time.Second, "the replica disconnected", func() bool {
+			info, err := cl.cli(victim, "INFO", "replication")
+			return err == nil && strings.Contains(info, "connected_slaves:0")
+		})
+		cutAt = time.Now()
+		n := countOnVictim()
+		waitUntil(t, 10*time.Second, "20 publishes to the master after its replication link was cut", func() bool { return countOnVictim() >= n+20 })
 	}
 	if err := cl.kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -193,6 +257,7 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 		return false
 	})
 	promotedAt := time.Now()
+	hold.Store(false)
 	waitUntil(t, 30*time.Second, "1000 more publishes after the promotion", func() bool { return countAcked() >= beforeKill+1000 })
 	publishing.Store(false)
 	pubs.Wait()
@@ -268,6 +333,19 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 	}
 	var explained, unexplained []string
 	orders := map[int64]int{}
+	goneAfterCut, gone := 0, 0
+	for _, p := range acked {
+		if k := (effectKey{parts.Stream(p.partition), p.id}); !present[k] {
+			gone++
+			if cutLink && p.at.After(cutAt) && !p.at.After(killedAt) {
+				goneAfterCut++
+			}
+		}
+	}
+	t.Logf("%d acknowledged entries are no longer in their stream (lost with the old master; applied before the kill or not)", gone)
+	if cutLink && goneAfterCut < 20 {
+		t.Errorf("only %d of the 20 or more entries acknowledged by the master after its replica was cut off are gone from the stream; the failover did not lose what it must have", goneAfterCut)
+	}
 	for _, p := range acked {
 		orders[p.orderID]++
 		k := effectKey{parts.Stream(p.partition), p.id}
@@ -293,6 +371,9 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 	if len(republished) > 0 {
 		t.Logf("orders published twice after a lost reply (each entry applied once): %d %v", len(republished), republished)
 	}
+	if cutLink && len(explained) < 20 {
+		t.Errorf("%d losses reported; the 20 or more entries the master acknowledged after its replica was cut off, held unapplied, should all be", len(explained))
+	}
 	if len(unexplained) > 0 {
 		t.Errorf("%d acknowledged publishes have no effect and are not explained by the failover: %v", len(unexplained), unexplained)
 	}
@@ -306,6 +387,8 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 		t.Error("no entry published to the failed-over partition after the promotion was applied")
 	}
 }
+
+var errHeld = errors.New("held: not applied while the replication link is cut")
 
 // waitUntil polls cond every 50 ms until it holds, failing the test after
 // timeout.
@@ -330,4 +413,20 @@ func replicationSummary(info string) string {
 		}
 	}
 	return strings.Join(keep, " ")
+}
+
+// replicaPort reads the port of the first replica in INFO replication.
+func replicaPort(info string) int {
+	for _, l := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(l, "slave0:") {
+			continue
+		}
+		for _, f := range strings.Split(strings.TrimSpace(strings.TrimPrefix(l, "slave0:")), ",") {
+			if v, ok := strings.CutPrefix(f, "port="); ok {
+				p, _ := strconv.Atoi(v)
+				return p
+			}
+		}
+	}
+	return 0
 }
