@@ -55,7 +55,8 @@ func OrderBy[T any](key func(Message[T]) string) ConsumerOption[T] {
 // connection of its own: closing the rueidis client is the caller's
 // business.
 type Consumer[T any] struct {
-	core   *streamCore
+	core   *streamCore   // parts[0]: the stream of Read, Next and Messages
+	parts  []*streamCore // one per stream read by Run: several for partitions
 	decode Decoder[T]
 	key    func(Message[T]) string
 
@@ -78,7 +79,8 @@ func NewConsumer[T any](client rueidis.Client, cfg StreamConfig, decode Decoder[
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Consumer[T]{core: newStreamCore(client, cfg.withDefaults()), decode: decode}
+	core := newStreamCore(client, cfg.withDefaults())
+	c := &Consumer[T]{core: core, parts: []*streamCore{core}, decode: decode}
 	for _, o := range opts {
 		o(c)
 	}
@@ -176,6 +178,7 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 	}
 	type target struct {
 		stream, group string
+		core          *streamCore // whose metrics count the acknowledgement
 		ids           []string
 	}
 	var targets []target // usually one
@@ -185,7 +188,7 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 			i++
 		}
 		if i == len(targets) {
-			targets = append(targets, target{stream: m.Stream, group: m.Group, ids: make([]string, 0, len(msgs))})
+			targets = append(targets, target{stream: m.Stream, group: m.Group, core: c.coreOf(m.part, m.Stream), ids: make([]string, 0, len(msgs))})
 		}
 		targets[i].ids = append(targets[i].ids, m.ID)
 	}
@@ -195,7 +198,7 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 			errs = append(errs, fmt.Errorf("safesync: Ack of entry %s without Stream or Group", t.ids[0]))
 			continue
 		}
-		if _, err := c.core.ack(ctx, t.stream, t.group, t.ids); err != nil {
+		if _, err := t.core.ack(ctx, t.stream, t.group, t.ids); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -223,7 +226,7 @@ func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason str
 	if reason == "" {
 		return errors.New("safesync: DeadLetter with empty reason")
 	}
-	err := c.core.moveToDeadLetter(ctx, deadLetterEntry{
+	err := c.coreOf(msg.part, msg.Stream).moveToDeadLetter(ctx, deadLetterEntry{
 		stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries,
 	}, reason, cause)
 	if err == nil {
@@ -232,24 +235,35 @@ func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason str
 	return err
 }
 
+// coreOf returns the stream core of partition part when it reads stream,
+// else the first one.
+func (c *Consumer[T]) coreOf(part int, stream string) *streamCore {
+	if part > 0 && part < len(c.parts) && c.parts[part].cfg.Stream == stream {
+		return c.parts[part]
+	}
+	return c.core
+}
+
 // read reads and decodes; see Read.
 func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error) {
 	raws, _, err := c.core.read(ctx, count, nil)
 	if err != nil {
 		return nil, err
 	}
-	return c.prepare(ctx, raws, nil)
+	return c.prepare(ctx, 0, raws, nil)
 }
 
-// prepare turns raw entries into messages. Entries past MaxDeliveries and
-// entries that cannot be decoded are dead-lettered instead; failures to
-// do so are returned joined, and those entries stay pending.
-// into, when it has room, receives the messages instead of a new slice.
-func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries, into []Message[T]) ([]Message[T], error) {
+// prepare turns raw entries of partition part into messages. Entries past
+// MaxDeliveries and entries that cannot be decoded are dead-lettered
+// instead; failures to do so are returned joined, and those entries stay
+// pending. into, when it has room, receives the messages instead of a new
+// slice.
+func (c *Consumer[T]) prepare(ctx context.Context, part int, raws rawEntries, into []Message[T]) ([]Message[T], error) {
 	if raws.len() == 0 {
 		return nil, nil
 	}
-	cfg := &c.core.cfg
+	core := c.parts[part]
+	cfg := &core.cfg
 	msgs := into[:0]
 	if cap(msgs) < raws.len() {
 		msgs = make([]Message[T], 0, raws.len())
@@ -259,18 +273,18 @@ func (c *Consumer[T]) prepare(ctx context.Context, raws rawEntries, into []Messa
 		deliveries := raws.delivered(i)
 		dead := deadLetterEntry{stream: cfg.Stream, group: cfg.Group, id: x.ID, fields: x.FieldValues, deliveries: deliveries}
 		if deliveries > cfg.MaxDeliveries {
-			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
+			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
 				fmt.Errorf("delivered %d times, more than MaxDeliveries %d", deliveries, cfg.MaxDeliveries)))
 			continue
 		}
 		v, err := c.decode(x.FieldValues)
 		if err != nil {
-			errs = append(errs, c.core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
+			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
 			continue
 		}
 		msgs = append(msgs, Message[T]{
 			ID: x.ID, Stream: cfg.Stream, Group: cfg.Group,
-			Value: v, Fields: x.FieldValues, Deliveries: deliveries,
+			Value: v, Fields: x.FieldValues, Deliveries: deliveries, part: part,
 		})
 	}
 	return msgs, errors.Join(errs...)

@@ -69,6 +69,15 @@ func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
 	}
 }
 
+// newPartitionCore is newStreamCore for partition index of the logical
+// stream named logical: cfg.Stream is the partition's key.
+func newPartitionCore(client rueidis.Client, cfg StreamConfig, logical string, index int) *streamCore {
+	s := newStreamCore(client, cfg)
+	s.log = s.log.With("partition", index)
+	s.metrics = cfg.Metrics.forPartition(cfg.Stream, cfg.Group, logical, index)
+	return s
+}
+
 // rereadOwnPending makes the next read start again with this consumer's
 // own pending entries, as at a restart.
 func (s *streamCore) rereadOwnPending() {
@@ -100,6 +109,17 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 	}
 	s.groupReady = true
 	return nil
+}
+
+// forgetGroup makes the next ensureGroup check the group again, creating
+// it if it is missing: called when a read or claim failed in a way that
+// ends Run, such as NOGROUP (the group was destroyed, or lost in a
+// failover before its creation reached the replica) or a blocked read
+// UNBLOCKED by its group's removal.
+func (s *streamCore) forgetGroup() {
+	s.groupMu.Lock()
+	s.groupReady = false
+	s.groupMu.Unlock()
 }
 
 // read returns up to count entries for this consumer: first its own pending

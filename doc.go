@@ -77,6 +77,17 @@
 // the original framework's wire format (one field "data" holding a JSON
 // object), so Go and Python workers share streams and groups.
 //
+// # Redis Cluster and partitions
+//
+// Every stream operation takes a rueidis cluster client as it is. Name a
+// stream with a hash tag ("orders:{3}") and its default dead-letter stream
+// ("orders:{3}:dead") shares its slot, so dead-letter moves stay one
+// MULTI/EXEC. Partitions spreads one logical stream over P keys in
+// different slots (and masters); PublishPartitionedJSON sends entries of
+// one key to one partition, and PartitionedConsumer (or
+// Pipeline.RunPartitioned) reads every partition with a blocking reader of
+// its own and one shared handler capacity.
+//
 // # Pipelines
 //
 // Stream joins a stream to a database: each entry is applied in one

@@ -12,40 +12,42 @@ import (
 // dead-letters or leaves it pending according to the outcome.
 func (e *engine[T]) handleOne(w *worker[T], u *unit[T], h Handler[T]) {
 	msg := u.msgs[0]
+	core := e.parts[msg.part].core
 	start := time.Now()
 	err := callHandler(e.handlerCtx, h, msg)
-	e.core.metrics.observeHandler(time.Since(start))
+	core.metrics.observeHandler(time.Since(start))
 	switch {
 	case err == nil:
-		w.ack(e.sched, msg.ID)
-	case e.handlerFailed(err, msg.ID):
+		w.ack(e.sched, msg.part, msg.ID)
+	case e.handlerFailed(core, err, msg.ID):
 		e.deadLetterAll(u.msgs, err, nil)
 	}
 }
 
 // handleBatch calls h for the unit's entries; h acknowledges them itself.
 func (e *engine[T]) handleBatch(u *unit[T], h BatchHandler[T]) {
+	core := e.parts[u.msgs[0].part].core // a batch comes from one stream
 	start := time.Now()
 	err := callBatchHandler(e.handlerCtx, h, u.msgs)
-	e.core.metrics.observeHandler(time.Since(start))
-	if err != nil && e.handlerFailed(err, u.msgs[0].ID) {
+	core.metrics.observeHandler(time.Since(start))
+	if err != nil && e.handlerFailed(core, err, u.msgs[0].ID) {
 		e.deadLetterAll(u.msgs, err, u.msgs[0].batch)
 	}
 }
 
 // handlerFailed records a handler's failure and reports whether its entries
 // are to be dead-lettered (the error matches ErrPermanent).
-func (e *engine[T]) handlerFailed(err error, firstID string) bool {
+func (e *engine[T]) handlerFailed(core *streamCore, err error, firstID string) bool {
 	var pe *panicError
 	if errors.As(err, &pe) {
-		e.core.metrics.countHandlerPanic()
-		e.core.log.Error("safesync: handler panicked; the entry stays pending", "id", firstID, "panic", pe.value, "stack", string(pe.stack))
+		core.metrics.countHandlerPanic()
+		core.log.Error("safesync: handler panicked; the entry stays pending", "id", firstID, "panic", pe.value, "stack", string(pe.stack))
 		return false
 	}
 	if errors.Is(err, ErrPermanent) {
 		return true
 	}
-	e.core.log.Warn("safesync: handler failed; the entry stays pending", "id", firstID, "error", err)
+	core.log.Warn("safesync: handler failed; the entry stays pending", "id", firstID, "error", err)
 	return false
 }
 
@@ -59,8 +61,9 @@ func (e *engine[T]) deadLetterAll(msgs []Message[T], cause error, batch *batchSt
 			continue
 		}
 		if err := e.c.deadLetter(ctx, m, DeadLetterHandler, cause); err != nil {
-			e.core.metrics.countAckFailure()
-			e.core.log.Error("safesync: dead-letter failed; the entry stays pending", "id", m.ID, "error", err)
+			core := e.parts[m.part].core
+			core.metrics.countAckFailure()
+			core.log.Error("safesync: dead-letter failed; the entry stays pending", "id", m.ID, "error", err)
 		}
 	}
 }

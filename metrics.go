@@ -49,6 +49,14 @@ type MetricsOptions struct {
 // and "other" otherwise; a statement that failed because its table does not
 // exist is labelled "other". The stream, group, strategy, reason and
 // transaction label values come from configuration and code, not from data.
+//
+// Partitioned streams (see Partitions) are recorded twice: every queue
+// metric carries the partition's own key as its stream label, exactly as
+// for a stream of its own, and three partition_* metrics carry the logical
+// stream's name and the partition index (0 to P-1, so at most P values):
+// partition_messages_read_total, partition_messages_ack_total and
+// partition_pending_entries. The existing metrics keep their names and
+// labels.
 type Metrics struct {
 	writeTotal     *prometheus.CounterVec
 	writeLatency   *prometheus.HistogramVec
@@ -69,6 +77,9 @@ type Metrics struct {
 	handlerPanics  *prometheus.CounterVec
 	pending        *prometheus.GaugeVec
 	oldestPending  *prometheus.GaugeVec
+	partRead       *prometheus.CounterVec
+	partAck        *prometheus.CounterVec
+	partPending    *prometheus.GaugeVec
 
 	allow     map[string]bool
 	maxTables int
@@ -160,6 +171,9 @@ func NewMetrics(opts MetricsOptions) (*Metrics, error) {
 	m.handlerPanics = counter("queue", "handler_panics_total", "Message handlers that panicked (the entry stays pending), by stream.", "stream")
 	m.pending = gauge("queue", "pending_entries", "Entries delivered to the group but not acknowledged, by stream and group.", "stream", "group")
 	m.oldestPending = gauge("queue", "oldest_pending_age_seconds", "Idle time of the oldest unacknowledged entry, by stream and group.", "stream", "group")
+	m.partRead = counter("queue", "partition_messages_read_total", "Entries of a partitioned stream delivered to this process, by logical stream and partition index.", "stream", "partition")
+	m.partAck = counter("queue", "partition_messages_ack_total", "Entries of a partitioned stream acknowledged, by logical stream and partition index.", "stream", "partition")
+	m.partPending = gauge("queue", "partition_pending_entries", "Entries of a partitioned stream delivered to the group but not acknowledged, by logical stream, group and partition index.", "stream", "group", "partition")
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

@@ -175,8 +175,14 @@ func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamC
 	if err != nil {
 		return err
 	}
+	return p.runOn(ctx, c)
+}
+
+// runOn runs the pipeline on c; see Run.
+func (p Pipeline[T]) runOn(ctx context.Context, c *Consumer[T]) error {
 	r := &pipelineRun[T]{p: p, c: c}
 	if p.once != "" {
+		var err error
 		if r.marker, err = newDedupeMarker(ctx, p.commit.db, p.once, p.batch); err != nil {
 			return err
 		}

@@ -15,30 +15,31 @@ const endCursor = "0-0"
 // ends; see Run. It scans at once when now is true, else one interval in,
 // which leaves Run's reader to re-read this consumer's own pending entries
 // first. After each scan it refreshes the pending gauges.
-func (e *engine[T]) reclaimLoop(ctx context.Context, now bool) error {
-	interval := e.core.cfg.ClaimInterval
+func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) error {
+	interval := p.core.cfg.ClaimInterval
 	if !now && !sleep(ctx, interval) {
 		return nil
 	}
 	var b readBackoff
 	for {
-		err := e.claimPass(ctx)
+		err := e.claimPass(ctx, p)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
 			if !retryable(err) {
-				return fmt.Errorf("safesync: reclaim on %q: %w", e.core.cfg.Stream, err)
+				p.core.forgetGroup()
+				return fmt.Errorf("safesync: reclaim on %q: %w", p.core.cfg.Stream, err)
 			}
-			e.core.log.Warn("safesync: reclaim failed; retrying", "error", err)
+			p.core.log.Warn("safesync: reclaim failed; retrying", "error", err)
 			if !b.wait(ctx) {
 				return nil
 			}
 			continue
 		}
 		b.reset()
-		if err := e.core.refreshPending(ctx); err != nil && ctx.Err() == nil {
-			e.core.log.Warn("safesync: refresh pending gauges", "error", err)
+		if err := p.core.refreshPending(ctx); err != nil && ctx.Err() == nil {
+			p.core.log.Warn("safesync: refresh pending gauges", "error", err)
 		}
 		if !sleep(ctx, interval) {
 			return nil
@@ -50,18 +51,18 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, now bool) error {
 // list to its end. Each claim asks for as many entries as there are free
 // slots (waiting for one when none is free), and the next claim follows at
 // once.
-func (e *engine[T]) claimPass(ctx context.Context) error {
+func (e *engine[T]) claimPass(ctx context.Context, p *enginePart) error {
 	cursor := endCursor
 	for {
 		free := e.sched.waitFreeSlots(ctx)
 		if free == 0 {
 			return nil // ctx ended
 		}
-		next, raws, err := e.core.autoclaim(ctx, cursor, free*e.unitSize)
+		next, raws, err := p.core.autoclaim(ctx, cursor, free*e.unitSize)
 		if err != nil {
 			return err
 		}
-		e.sched.admit(e.prepare(ctx, raws, nil), e.unitSize, e.c.key, true, nil)
+		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
 		if next == endCursor {
 			return nil
 		}

@@ -37,7 +37,9 @@ import (
 //
 // Run returns nil after ctx is cancelled. It returns early with an error
 // when Redis refuses to create the group, or a read or claim, in a way
-// retrying cannot fix (the group was destroyed, a key holds another type);
+// retrying cannot fix (the group was destroyed, or lost in a failover
+// before its creation reached the replica; a key holds another type);
+// after a missing group, the next Run creates it again, from StartID;
 // lost connections and a server that is loading or failing over are
 // retried with backoff. Acknowledgements that failed, counted in
 // ack_failures_total as they happen, are also reported in Run's error;
@@ -94,14 +96,23 @@ func (c *Consumer[T]) ClaimStale(ctx context.Context, h Handler[T]) error {
 // engine is one running Run, RunBatch or ClaimStale.
 type engine[T any] struct {
 	c          *Consumer[T]
-	core       *streamCore
+	core       *streamCore // parts[0].core: where handler metrics and logs go
+	parts      []*enginePart
 	unitSize   int
 	readCount  int
 	sched      *scheduler[T]
-	inline     bool // the reader handles what it reads: Run with Concurrency 1
-	acks       *acker
+	inline     bool            // the reader handles what it reads: Run with Concurrency 1 on one stream
 	runCtx     context.Context // Run's ctx
 	handlerCtx context.Context // its values; cancelled ShutdownGrace after it
+}
+
+// enginePart is one stream an engine reads (a partition, when there are
+// several): its reader, reclaim and acknowledgements are its own; the
+// handler slots and the scheduler are shared.
+type enginePart struct {
+	index int
+	core  *streamCore
+	acks  *acker
 }
 
 func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount int, work func(*engine[T], *worker[T], *unit[T])) error {
@@ -109,21 +120,23 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 		return ErrConsumerRunning
 	}
 	defer c.core.running.Store(false)
-	c.core.rereadOwnPending() // what an earlier run left unstarted comes first
-	for b := (readBackoff{}); ; {
-		err := c.core.ensureGroup(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !retryable(err) {
-			return err
-		}
-		c.core.log.Warn("safesync: cannot create the group yet; retrying", "error", err)
-		if !b.wait(ctx) {
-			return nil
+	for _, core := range c.parts {
+		core.rereadOwnPending() // what an earlier run left unstarted comes first
+		for b := (readBackoff{}); ; {
+			err := core.ensureGroup(ctx)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			if !retryable(err) {
+				return err
+			}
+			core.log.Warn("safesync: cannot create the group yet; retrying", "error", err)
+			if !b.wait(ctx) {
+				return nil
+			}
 		}
 	}
 	cfg := &c.core.cfg
@@ -136,8 +149,10 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	e := &engine[T]{
 		c: c, core: c.core, unitSize: unitSize, readCount: readCount,
 		runCtx: ctx, handlerCtx: handlerCtx,
-		inline: read && unitSize == 1 && cfg.Concurrency == 1,
-		acks:   newAcker(c.core, context.WithoutCancel(ctx)),
+		inline: read && unitSize == 1 && cfg.Concurrency == 1 && len(c.parts) == 1,
+	}
+	for i, core := range c.parts {
+		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx))})
 	}
 	var order *orderer
 	if c.key != nil {
@@ -145,12 +160,12 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	}
 	e.sched = newScheduler[T](ctx, slots, cfg.Concurrency, readCount, order)
 	e.sched.work = func(w *worker[T], u *unit[T]) { work(e, w, u) }
-	e.sched.flushAcks = e.acks.add
+	e.sched.flushAcks = func(part int, ids []string) { e.parts[part].acks.add(ids) }
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
 	var loops sync.WaitGroup
-	fatal := make(chan error, 2)
+	fatal := make(chan error, 2*len(e.parts))
 	startLoop := func(loop func(context.Context) error) {
 		loops.Add(1)
 		go func() {
@@ -160,10 +175,12 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			}
 		}()
 	}
-	if read {
-		startLoop(e.readLoop)
+	for _, p := range e.parts {
+		if read {
+			startLoop(func(ctx context.Context) error { return e.readLoop(ctx, p) })
+		}
+		startLoop(func(ctx context.Context) error { return e.reclaimLoop(ctx, p, !read) })
 	}
-	startLoop(func(ctx context.Context) error { return e.reclaimLoop(ctx, !read) })
 
 	var runErr error
 	select {
@@ -177,7 +194,10 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	for err := range fatal {
 		runErr = errors.Join(runErr, err)
 	}
-	ackErr := e.acks.close()
+	var ackErr error
+	for _, p := range e.parts {
+		ackErr = errors.Join(ackErr, p.acks.close())
+	}
 	slots.Close()
 	return errors.Join(runErr, ackErr)
 }
@@ -209,27 +229,26 @@ func newSlots(n int) (*puddle.Pool[struct{}], error) {
 // what it read itself, then acknowledges those entries in the same round
 // trip as its next read. Draining a backlog then costs one round trip per
 // read and no goroutine hand-off per entry.
-func (e *engine[T]) readLoop(ctx context.Context) error {
+func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 	var w worker[T] // the reader's acknowledgements, inline
 	defer w.flush(e.sched)
 	var msgs []Message[T] // inline: reused from read to read
 	var units []unit[T]
 	var b readBackoff
 	for e.sched.waitToRead(ctx) {
-		acks := w.acks
-		w.acks = nil
-		raws, ackErr, err := e.core.read(ctx, e.readCount, acks)
+		raws, ackErr, err := p.core.read(ctx, e.readCount, w.take(p.index))
 		if ackErr != nil {
-			e.acks.failed(ackErr)
+			p.acks.failed(ackErr)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			if !retryable(err) {
-				return fmt.Errorf("safesync: read %q: %w", e.core.cfg.Stream, err)
+				p.core.forgetGroup()
+				return fmt.Errorf("safesync: read %q: %w", p.core.cfg.Stream, err)
 			}
-			e.core.log.Warn("safesync: read failed; retrying", "error", err)
+			p.core.log.Warn("safesync: read failed; retrying", "error", err)
 			if !b.wait(ctx) {
 				return nil
 			}
@@ -237,12 +256,12 @@ func (e *engine[T]) readLoop(ctx context.Context) error {
 		}
 		b.reset()
 		if !e.inline {
-			e.sched.admit(e.prepare(ctx, raws, nil), e.unitSize, e.c.key, true, nil)
+			e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
 			continue
 		}
 		// Inline, the messages and units of a read are done with once
 		// runHere has drained the queue, so the next read reuses them.
-		msgs = e.prepare(ctx, raws, msgs)
+		msgs = e.prepare(ctx, p, raws, msgs)
 		e.sched.admit(msgs, e.unitSize, e.c.key, false, &units)
 		if !e.sched.runHere(ctx, &w) {
 			msgs, units = nil, nil
@@ -253,11 +272,11 @@ func (e *engine[T]) readLoop(ctx context.Context) error {
 
 // prepare decodes raw entries; failures to dead-letter are counted and
 // logged, and those entries stay pending for a later attempt.
-func (e *engine[T]) prepare(ctx context.Context, raws rawEntries, into []Message[T]) []Message[T] {
-	msgs, err := e.c.prepare(ctx, raws, into)
+func (e *engine[T]) prepare(ctx context.Context, p *enginePart, raws rawEntries, into []Message[T]) []Message[T] {
+	msgs, err := e.c.prepare(ctx, p.index, raws, into)
 	if err != nil {
-		e.core.metrics.countAckFailure()
-		e.core.log.Error("safesync: dead-letter failed; the entry stays pending", "error", err)
+		p.core.metrics.countAckFailure()
+		p.core.log.Error("safesync: dead-letter failed; the entry stays pending", "error", err)
 	}
 	return msgs
 }

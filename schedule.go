@@ -30,7 +30,7 @@ type scheduler[T any] struct {
 	readAhead   int
 	order       *orderer // nil without OrderBy; used under mu
 	work        func(w *worker[T], u *unit[T])
-	flushAcks   func(ids []string)
+	flushAcks   func(part int, ids []string)
 	workers     sync.WaitGroup
 
 	mu       sync.Mutex
@@ -40,7 +40,7 @@ type scheduler[T any] struct {
 	entries  int // entries in those units
 	running  int // units running
 	active   int // workers alive
-	held     map[string]struct{}
+	held     map[heldEntry]struct{}
 	stopped  bool
 	changed  chan struct{} // closed when what a waiter waits for may hold
 	waitRead bool          // the reader waits for entries < readAhead
@@ -50,32 +50,63 @@ type scheduler[T any] struct {
 func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
 	return &scheduler[T]{
 		ctx: ctx, slots: slots, concurrency: concurrency, readAhead: readAhead, order: order,
-		held: map[string]struct{}{}, changed: make(chan struct{}),
+		held: map[heldEntry]struct{}{}, changed: make(chan struct{}),
 	}
 }
 
+// heldEntry names an entry admitted and not finished: its id within the
+// consumer's stream of index part (entry ids of two partitions may be
+// equal).
+type heldEntry struct {
+	part int
+	id   string
+}
+
 // worker is one goroutine of the scheduler; acks buffers the ids of
-// entries it finished, flushed to the acker in bursts.
+// entries it finished, by stream (partition) index, flushed to the ackers
+// in bursts.
 type worker[T any] struct {
-	acks []string
+	acks    [][]string
+	pending int // ids in acks
 }
 
 // maxWorkerAcks is how many acknowledgements a busy worker gathers before
 // handing them over; an idle worker hands over what it has at once.
 const maxWorkerAcks = 128
 
-func (w *worker[T]) ack(s *scheduler[T], id string) {
-	w.acks = append(w.acks, id)
-	if len(w.acks) >= maxWorkerAcks {
+func (w *worker[T]) ack(s *scheduler[T], part int, id string) {
+	for len(w.acks) <= part {
+		w.acks = append(w.acks, nil)
+	}
+	w.acks[part] = append(w.acks[part], id)
+	w.pending++
+	if w.pending >= maxWorkerAcks {
 		w.flush(s)
 	}
 }
 
-func (w *worker[T]) flush(s *scheduler[T]) {
-	if len(w.acks) > 0 {
-		s.flushAcks(w.acks)
-		w.acks = nil
+// take removes and returns the ids buffered for part.
+func (w *worker[T]) take(part int) []string {
+	if part >= len(w.acks) {
+		return nil
 	}
+	ids := w.acks[part]
+	w.acks[part] = nil
+	w.pending -= len(ids)
+	return ids
+}
+
+func (w *worker[T]) flush(s *scheduler[T]) {
+	if w.pending == 0 {
+		return
+	}
+	for part, ids := range w.acks {
+		if len(ids) > 0 {
+			s.flushAcks(part, ids)
+			w.acks[part] = nil
+		}
+	}
+	w.pending = 0
 }
 
 // admit takes msgs in stream order, drops those already held (an entry
@@ -91,8 +122,8 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	}
 	kept := msgs[:0]
 	for _, m := range msgs {
-		if _, dup := s.held[m.ID]; !dup {
-			s.held[m.ID] = struct{}{}
+		if _, dup := s.held[heldEntry{m.part, m.ID}]; !dup {
+			s.held[heldEntry{m.part, m.ID}] = struct{}{}
 			kept = append(kept, m)
 		}
 	}
@@ -193,7 +224,7 @@ func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit
 			s.mu.Unlock()
 			return u
 		}
-		if flushed || len(w.acks) == 0 {
+		if flushed || w.pending == 0 {
 			slot.Release()
 			s.active--
 			s.mu.Unlock()
@@ -268,7 +299,7 @@ func (s *scheduler[T]) finish(u *unit[T]) {
 	defer s.mu.Unlock()
 	s.running--
 	for _, m := range u.msgs {
-		delete(s.held, m.ID)
+		delete(s.held, heldEntry{m.part, m.ID})
 	}
 	if s.order != nil {
 		for _, next := range s.order.finish(u.order) {
@@ -351,7 +382,7 @@ func (s *scheduler[T]) stop() {
 	s.stopped = true
 	for _, u := range s.ready[s.head:] {
 		for _, m := range u.msgs {
-			delete(s.held, m.ID)
+			delete(s.held, heldEntry{m.part, m.ID})
 		}
 	}
 	s.ready, s.head = nil, 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -32,7 +33,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 	active := map[string]bool{}
 	var running, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		mu.Lock()
@@ -58,7 +59,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		mu.Unlock()
 		running.Add(-1)
 		for _, m := range u.msgs {
-			w.ack(s, m.ID)
+			w.ack(s, m.part, m.ID)
 		}
 		ran.Add(int64(len(u.msgs)))
 	}
@@ -126,7 +127,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	s := newScheduler[int](context.Background(), slots, 1, 10, nil)
 	release := make(chan struct{})
 	var ran atomic.Int64
-	s.flushAcks = func([]string) {}
+	s.flushAcks = func(int, []string) {}
 	s.work = func(w *worker[int], u *unit[int]) {
 		ran.Add(1)
 		<-release
@@ -162,7 +163,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 	s := newScheduler[int](ctx, slots, 1, 10, nil)
 	var running, maxRunning, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		for m := maxRunning.Load(); r > m && !maxRunning.CompareAndSwap(m, r); m = maxRunning.Load() {
@@ -172,7 +173,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 		}
 		running.Add(-1)
 		ran.Add(1)
-		w.ack(s, u.msgs[0].ID)
+		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
 	}
 	batch := func(from, n int) []Message[int] {
 		msgs := make([]Message[int], n)
@@ -212,5 +213,43 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 	s.workers.Wait()
 	if maxRunning.Load() != 1 {
 		t.Fatalf("%d units ran at once with Concurrency 1", maxRunning.Load())
+	}
+}
+
+// Two partitions may hold entries with equal ids: both run, and each
+// acknowledgement goes to its own partition.
+func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
+	slots, err := newSlots(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	s := newScheduler[int](context.Background(), slots, 2, 10, nil)
+	var mu sync.Mutex
+	acked := map[int][]string{}
+	s.flushAcks = func(part int, ids []string) {
+		mu.Lock()
+		acked[part] = append(acked[part], ids...)
+		mu.Unlock()
+	}
+	var ran atomic.Int64
+	s.work = func(w *worker[int], u *unit[int]) {
+		ran.Add(1)
+		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
+	}
+	if n := s.admit([]Message[int]{{ID: "1-0", part: 0}}, 1, nil, true, nil); n != 1 {
+		t.Fatalf("partition 0: admitted %d, want 1", n)
+	}
+	if n := s.admit([]Message[int]{{ID: "1-0", part: 1}}, 1, nil, true, nil); n != 1 {
+		t.Fatalf("partition 1: admitted %d entries with the id of a held entry of partition 0, want 1", n)
+	}
+	s.workers.Wait()
+	if ran.Load() != 2 {
+		t.Fatalf("%d units ran, want 2", ran.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(acked[0], []string{"1-0"}) || !slices.Equal(acked[1], []string{"1-0"}) {
+		t.Fatalf("acknowledged %v, want 1-0 in each of partitions 0 and 1", acked)
 	}
 }

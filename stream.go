@@ -218,6 +218,7 @@ type Message[T any] struct {
 
 	batch *batchState // set by RunBatch, to know which entries the handler acked
 	index int         // position in batch
+	part  int         // index of the consumer's stream it was read from (partitions)
 }
 
 // PublishOption configures Publish.

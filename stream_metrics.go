@@ -1,6 +1,7 @@
 package safesync
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,26 @@ type streamMetrics struct {
 	handlerLatency prometheus.Observer
 	pending        prometheus.Gauge
 	oldestPending  prometheus.Gauge
+
+	// Set for a partition of a partitioned stream, else nil.
+	partRead    prometheus.Counter
+	partAck     prometheus.Counter
+	partPending prometheus.Gauge
+}
+
+// forPartition returns the collectors of one partition: those of its own
+// stream key, plus the partition_* ones labelled with the logical stream
+// and the partition index.
+func (m *Metrics) forPartition(stream, group, logical string, index int) *streamMetrics {
+	s := m.forStream(stream, group)
+	if s == nil {
+		return nil
+	}
+	label := strconv.Itoa(index)
+	s.partRead = m.partRead.WithLabelValues(logical, label)
+	s.partAck = m.partAck.WithLabelValues(logical, label)
+	s.partPending = m.partPending.WithLabelValues(logical, group, label)
+	return s
 }
 
 // forStream returns the collectors of stream and group, or nil when m is
@@ -47,6 +68,9 @@ func (m *Metrics) forStream(stream, group string) *streamMetrics {
 func (s *streamMetrics) countRead(n int) {
 	if s != nil && n > 0 {
 		s.read.Add(float64(n))
+		if s.partRead != nil {
+			s.partRead.Add(float64(n))
+		}
 	}
 }
 
@@ -61,6 +85,9 @@ func (s *streamMetrics) observeRead(elapsed time.Duration) {
 func (s *streamMetrics) countAcked(n int64) {
 	if s != nil && n > 0 {
 		s.acked.Add(float64(n))
+		if s.partAck != nil {
+			s.partAck.Add(float64(n))
+		}
 	}
 }
 
@@ -100,5 +127,8 @@ func (s *streamMetrics) setPending(count int64, oldestIdle time.Duration) {
 	if s != nil {
 		s.pending.Set(float64(count))
 		s.oldestPending.Set(oldestIdle.Seconds())
+		if s.partPending != nil {
+			s.partPending.Set(float64(count))
+		}
 	}
 }

@@ -51,6 +51,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runWorker(name))
 	}
 	code := m.Run()
+	stopSharedCluster()
 	stopContainers()
 	os.Exit(code)
 }

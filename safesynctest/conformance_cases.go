@@ -36,6 +36,7 @@ var conformanceCases = []conformanceCase{
 	{name: "RunBatchHandlerOwnsAcknowledgement", run: runBatchOwnsAck},
 	{name: "ReadLatencyExcludesBlocking", run: readLatency},
 	{name: "PendingGauges", run: pendingGauges},
+	{name: "GroupLostWhileRunningIsCreatedAgainByTheNextRun", run: groupLostWhileRunning},
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {

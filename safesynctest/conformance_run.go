@@ -256,3 +256,43 @@ func runBatchOwnsAck(t *testing.T, s *suite) {
 		t.Fatalf("dead-lettered %v, want the two entries of the rejected batch its handler did not acknowledge, %v", dead, ids[4:6])
 	}
 }
+
+// A group removed while Run is running (destroyed, or lost in a failover
+// before its creation reached the replica) ends Run with an error; the
+// next Run on the same Consumer creates it again from StartID and handles
+// the stream's entries, the old ones again too.
+func groupLostWhileRunning(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	ids := e.publish(0, 3)
+	c := e.consumer(e.config("c1"))
+	var rec recorder
+	r := start(func(ctx context.Context) error { return c.Run(ctx, rec.handler(nil)) })
+	waitFor(t, 10*time.Second, "3 entries handled", func() bool { return rec.len() >= 3 })
+	waitFor(t, 10*time.Second, "3 entries acknowledged", func() bool { return len(pendingIDs(t, e.client, e.stream)) == 0 })
+	if err := e.client.Do(context.Background(), e.client.B().XgroupDestroy().Key(e.stream).Group("workers").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, e.publish(3, 2)...) // wakes a blocked read, if the removal did not
+	select {
+	case err := <-r.done:
+		if err == nil {
+			t.Fatal("Run returned nil after its group was removed; want an error")
+		}
+		t.Logf("Run returned: %v", err)
+	case <-time.After(10 * time.Second):
+		r.stop(t)
+		t.Fatal("Run still running 10s after its group was removed")
+	}
+	var again recorder
+	r = start(func(ctx context.Context) error { return c.Run(ctx, again.handler(nil)) })
+	waitFor(t, 10*time.Second, "the 5 entries handled by the second Run", func() bool { return again.len() >= 5 })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := again.ids(); !slices.Equal(got, ids) {
+		t.Fatalf("second Run handled %v, want every entry of the stream from StartID 0: %v", got, ids)
+	}
+	if p := pendingIDs(t, e.client, e.stream); len(p) != 0 {
+		t.Fatalf("entries still pending: %v", p)
+	}
+}
