@@ -18,14 +18,14 @@ import (
 // cluster client that routes every key to the master of its slot.
 func TestClusterHarnessHasThreeMastersWithReplicas(t *testing.T) {
 	c := openSharedCluster(t)
-	masters, err := c.masters()
+	masters, err := c.Masters()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(masters) != 3 {
 		t.Fatalf("%d masters (%v), want 3", len(masters), masters)
 	}
-	rc := c.client(t)
+	rc := clusterClient(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	seen := map[int]bool{}
@@ -34,12 +34,12 @@ func TestClusterHarnessHasThreeMastersWithReplicas(t *testing.T) {
 		if err := rc.Do(ctx, rc.B().Set().Key(key).Value("v").Build()).Error(); err != nil {
 			t.Fatalf("SET %s: %v", key, err)
 		}
-		m, err := c.masterOf(key)
+		m, err := c.MasterOf(key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		seen[m] = true
-		if got, err := c.cli(m, "GET", key); err != nil || got != "v" {
+		if got, err := c.CLI(m, "GET", key); err != nil || got != "v" {
 			t.Fatalf("GET %s on its master %d: %q, %v", key, m, got, err)
 		}
 		_ = rc.Do(ctx, rc.B().Del().Key(key).Build()).Error()
@@ -55,7 +55,7 @@ func TestClusterHarnessHasThreeMastersWithReplicas(t *testing.T) {
 func TestClusterStreamConformance(t *testing.T) {
 	c := openSharedCluster(t)
 	safesynctest.RunStreamConformance(t, safesynctest.StreamTarget{
-		NewClient: func(t *testing.T) rueidis.Client { return c.client(t) },
+		NewClient: func(t *testing.T) rueidis.Client { return clusterClient(t, c) },
 	})
 }
 
@@ -64,7 +64,7 @@ func TestClusterStreamConformance(t *testing.T) {
 func TestClusterPartitionConformance(t *testing.T) {
 	c := openSharedCluster(t)
 	safesynctest.RunPartitionConformance(t, safesynctest.StreamTarget{
-		NewClient: func(t *testing.T) rueidis.Client { return c.client(t) },
+		NewClient: func(t *testing.T) rueidis.Client { return clusterClient(t, c) },
 	})
 }
 
@@ -77,7 +77,7 @@ func TestClusterThreePartitionsSitOnThreeMasters(t *testing.T) {
 	}
 	seen := map[int]bool{}
 	for _, k := range p.Streams() {
-		m, err := c.masterOf(k)
+		m, err := c.MasterOf(k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +93,7 @@ func TestClusterThreePartitionsSitOnThreeMasters(t *testing.T) {
 // and still moves every entry and leaves nothing pending.
 func TestClusterDeadLetterToAnotherSlotFallsBackToTwoCommands(t *testing.T) {
 	c := openSharedCluster(t)
-	rdb := c.client(t)
+	rdb := clusterClient(t, c)
 	stream := "{" + uniqueName(t, "dl") + "}"
 	dead := "{" + uniqueName(t, "dead") + "}"
 	if safesync.KeySlot(stream) == safesync.KeySlot(dead) {

@@ -68,20 +68,20 @@ func TestClusterFailoverKeepsEffectsExactlyOnce(t *testing.T) {
 func runFailover(t *testing.T, cutLink bool) {
 	cl := openOwnCluster(t)
 	db := openMySQL(t, nil)
-	rdb := cl.client(t)
+	rdb := clusterClient(t, cl)
 	effects := createTable(t, db, "eff", "CREATE TABLE %s (n BIGINT AUTO_INCREMENT PRIMARY KEY, stream VARBINARY(255) NOT NULL, entry_id VARBINARY(64) NOT NULL, order_id BIGINT NOT NULL) ENGINE=InnoDB")
 	applied := dedupeTable(t, db)
 	parts, err := safesync.NewPartitions(uniqueName(t, "failover"), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	victim, err := cl.masterOf(parts.Stream(0))
+	victim, err := cl.MasterOf(parts.Stream(0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	onVictim := map[int]bool{}
 	for i := range parts.Len() {
-		m, err := cl.masterOf(parts.Stream(i))
+		m, err := cl.MasterOf(parts.Stream(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,15 +203,15 @@ func runFailover(t *testing.T, cutLink bool) {
 	// The replica must be online (synced) for the failover to keep the
 	// partition at all; what it misses then is the asynchronous tail.
 	waitUntil(t, 30*time.Second, "the master's replica online", func() bool {
-		info, err := cl.cli(victim, "INFO", "replication")
+		info, err := cl.CLI(victim, "INFO", "replication")
 		return err == nil && strings.Contains(info, "state=online")
 	})
-	if info, err := cl.cli(victim, "INFO", "replication"); err == nil {
+	if info, err := cl.CLI(victim, "INFO", "replication"); err == nil {
 		t.Logf("the master's replication just before the kill (a replica acknowledges its offset once a second): %s", replicationSummary(info))
 	}
 	var cutAt time.Time
 	if cutLink {
-		info, err := cl.cli(victim, "INFO", "replication")
+		info, err := cl.CLI(victim, "INFO", "replication")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,34 +221,34 @@ func runFailover(t *testing.T, cutLink bool) {
 		}
 		hold.Store(true)
 		for _, kv := range [][2]string{{"masteruser", "safesync-refused"}, {"masterauth", "refused"}} {
-			if _, err := cl.cli(replica, "CONFIG", "SET", kv[0], kv[1]); err != nil {
+			if _, err := cl.CLI(replica, "CONFIG", "SET", kv[0], kv[1]); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, err := cl.cli(victim, "CLIENT", "KILL", "TYPE", "replica"); err != nil {
+		if _, err := cl.CLI(victim, "CLIENT", "KILL", "TYPE", "replica"); err != nil {
 			t.Fatal(err)
 		}
 		waitUntil(t, 10*time.Second, "the replica disconnected", func() bool {
-			info, err := cl.cli(victim, "INFO", "replication")
+			info, err := cl.CLI(victim, "INFO", "replication")
 			return err == nil && strings.Contains(info, "connected_slaves:0")
 		})
 		cutAt = time.Now()
 		n := countOnVictim()
 		waitUntil(t, 10*time.Second, "20 publishes to the master after its replication link was cut", func() bool { return countOnVictim() >= n+20 })
 	}
-	if err := cl.kill(victim, syscall.SIGKILL); err != nil {
+	if err := cl.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := time.Now()
 	beforeKill := countAcked()
 	var promoted int
 	waitUntil(t, 30*time.Second, "a replica promoted for the killed master's slots", func() bool {
-		for _, p := range cl.livePorts() {
-			m, err := cl.masterOfSlot(p, int(safesync.KeySlot(parts.Stream(0))))
+		for _, p := range cl.LivePorts() {
+			m, err := cl.MasterOfSlot(p, int(safesync.KeySlot(parts.Stream(0))))
 			if err != nil || m == victim {
 				return false
 			}
-			info, err := cl.cli(m, "CLUSTER", "INFO")
+			info, err := cl.CLI(m, "CLUSTER", "INFO")
 			if err == nil && strings.Contains(info, "cluster_state:ok") {
 				promoted = m
 			}

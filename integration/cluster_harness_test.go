@@ -1,47 +1,16 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"errors"
-	"fmt"
-	"math/rand/v2"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/redis/rueidis"
 
-	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/internal/rediscluster"
 )
 
-// redisCluster is a Redis Cluster of three masters and three replicas,
-// each a redis-server process on a loopback port, with its files in a
-// temporary directory. It is started by startCluster and stopped by stop.
-type redisCluster struct {
-	dir   string
-	ports []int
-
-	mu    sync.Mutex
-	procs map[int]*clusterNode // by port; a killed node is removed
-}
-
-// clusterNode is one redis-server process.
-type clusterNode struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-}
-
-// clusterSize is the number of nodes: three masters, one replica each.
-const clusterSize = 6
+// redisCluster is the local cluster of the cluster tests.
+type redisCluster = rediscluster.Cluster
 
 // sharedCluster is the cluster most cluster tests share, started on first
 // use and stopped by TestMain.
@@ -52,26 +21,16 @@ var sharedCluster struct {
 	missing string
 }
 
-// clusterTools reports why a cluster cannot be started here, or "".
-func clusterTools() string {
-	for _, bin := range []string{"redis-server", "redis-cli"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return bin + " is not installed"
-		}
-	}
-	return ""
-}
-
 // openSharedCluster returns the run's shared cluster, starting it on first
 // use, or skips the test (fails it with SAFESYNC_REQUIRE_SERVICES=1) when
 // redis-server or redis-cli is missing.
 func openSharedCluster(tb testing.TB) *redisCluster {
 	tb.Helper()
 	sharedCluster.once.Do(func() {
-		if sharedCluster.missing = clusterTools(); sharedCluster.missing != "" {
+		if sharedCluster.missing = rediscluster.Missing(); sharedCluster.missing != "" {
 			return
 		}
-		sharedCluster.c, sharedCluster.err = startCluster()
+		sharedCluster.c, sharedCluster.err = rediscluster.Start()
 	})
 	if sharedCluster.missing != "" {
 		unavailable(tb, "Redis Cluster", sharedCluster.missing)
@@ -86,317 +45,28 @@ func openSharedCluster(tb testing.TB) *redisCluster {
 // tests that kill nodes.
 func openOwnCluster(tb testing.TB) *redisCluster {
 	tb.Helper()
-	if why := clusterTools(); why != "" {
+	if why := rediscluster.Missing(); why != "" {
 		unavailable(tb, "Redis Cluster", why)
 	}
-	c, err := startCluster()
+	c, err := rediscluster.Start()
 	if err != nil {
 		tb.Fatalf("integration: start Redis Cluster: %v", err)
 	}
-	tb.Cleanup(c.stop)
+	tb.Cleanup(c.Stop)
 	return c
 }
 
 func stopSharedCluster() {
 	if sharedCluster.c != nil {
-		sharedCluster.c.stop()
+		sharedCluster.c.Stop()
 	}
 }
 
-// startCluster starts six nodes, joins them with redis-cli --cluster
-// create, and waits until every node reports cluster_state:ok and every
-// replica's link to its master is up.
-func startCluster() (*redisCluster, error) {
-	dir, err := os.MkdirTemp("", "safesync-cluster-")
-	if err != nil {
-		return nil, err
-	}
-	c := &redisCluster{dir: dir, procs: map[int]*clusterNode{}}
-	ok := false
-	defer func() {
-		if !ok {
-			c.stop()
-		}
-	}()
-	if c.ports, err = freePorts(clusterSize); err != nil {
-		return nil, err
-	}
-	for _, p := range c.ports {
-		if err := c.startNode(p); err != nil {
-			return nil, err
-		}
-	}
-	for _, p := range c.ports {
-		if err := c.waitFor(p, 10*time.Second, "PING", func(out string) bool { return out == "PONG" }, "ping"); err != nil {
-			return nil, err
-		}
-	}
-	args := []string{"--cluster", "create"}
-	for _, a := range c.addrs() {
-		args = append(args, a)
-	}
-	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("redis-cli --cluster create: %v\n%s", err, out)
-	}
-	if err := c.waitHealthy(30 * time.Second); err != nil {
-		return nil, err
-	}
-	ok = true
-	return c, nil
-}
-
-// freePorts picks n loopback ports whose cluster bus ports (port + 10000)
-// are free too.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			return nil, errors.New("no free pair of loopback ports found")
-		}
-		p := 20000 + rand.IntN(20000)
-		if !portFree(p) || !portFree(p+10000) {
-			continue
-		}
-		dup := false
-		for _, q := range ports {
-			dup = dup || q == p
-		}
-		if !dup {
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
-}
-
-func portFree(p int) bool {
-	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
-}
-
-// startNode starts the redis-server of port, or restarts it from its
-// nodes file after it was killed.
-func (c *redisCluster) startNode(port int) error {
-	ps := strconv.Itoa(port)
-	cmd := exec.Command("redis-server",
-		"--cluster-enabled", "yes",
-		"--cluster-config-file", filepath.Join(c.dir, "nodes-"+ps+".conf"),
-		"--cluster-node-timeout", "1000",
-		"--repl-diskless-sync-delay", "0", // a replica syncs at once, not 5 s later
-		"--port", ps, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no",
-		"--dir", c.dir, "--daemonize", "no",
-		"--logfile", filepath.Join(c.dir, "redis-"+ps+".log"))
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server on %d: %w", port, err)
-	}
-	n := &clusterNode{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(n.done)
-	}()
-	c.mu.Lock()
-	c.procs[port] = n
-	c.mu.Unlock()
-	return nil
-}
-
-// addrs returns the nodes' host:port addresses.
-func (c *redisCluster) addrs() []string {
-	out := make([]string, len(c.ports))
-	for i, p := range c.ports {
-		out[i] = "127.0.0.1:" + strconv.Itoa(p)
-	}
-	return out
-}
-
-// cli runs one redis-cli command against port and returns its output,
-// trimmed.
-func (c *redisCluster) cli(port int, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	full := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
-	out, err := exec.CommandContext(ctx, "redis-cli", full...).Output()
-	return strings.TrimSpace(string(out)), err
-}
-
-// waitFor runs args against port until ok accepts the output, or fails
-// after timeout naming what it waited for.
-func (c *redisCluster) waitFor(port int, timeout time.Duration, cmd string, ok func(string) bool, what string) error {
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		out, err := c.cli(port, strings.Fields(cmd)...)
-		if err == nil && ok(out) {
-			return nil
-		}
-		last = out
-		if err != nil {
-			last = err.Error()
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node %d: no %s within %v; last answer: %s\n%s", port, what, timeout, last, c.logTail(port))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// waitHealthy waits until every live node reports cluster_state:ok and
-// every live replica has its link to its master up.
-func (c *redisCluster) waitHealthy(timeout time.Duration) error {
-	for _, p := range c.livePorts() {
-		if err := c.waitFor(p, timeout, "CLUSTER INFO", func(out string) bool {
-			return strings.Contains(out, "cluster_state:ok")
-		}, "cluster_state:ok"); err != nil {
-			return err
-		}
-		if err := c.waitFor(p, timeout, "INFO replication", func(out string) bool {
-			return strings.Contains(out, "role:master") || strings.Contains(out, "master_link_status:up")
-		}, "replication link"); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (c *redisCluster) livePorts() []int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []int
-	for _, p := range c.ports {
-		if _, ok := c.procs[p]; ok {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// masters returns the ports of the live nodes whose role is master.
-func (c *redisCluster) masters() ([]int, error) {
-	var out []int
-	for _, p := range c.livePorts() {
-		role, err := c.cli(p, "ROLE")
-		if err != nil {
-			return nil, fmt.Errorf("ROLE on %d: %w", p, err)
-		}
-		if strings.HasPrefix(role, "master") {
-			out = append(out, p)
-		}
-	}
-	return out, nil
-}
-
-// masterOf returns the port of the master serving key's slot, as the
-// first live node that answers sees it.
-func (c *redisCluster) masterOf(key string) (int, error) {
-	var errs []error
-	for _, p := range c.livePorts() {
-		m, err := c.masterOfSlot(p, int(safesync.KeySlot(key)))
-		if err == nil {
-			return m, nil
-		}
-		errs = append(errs, err)
-	}
-	return 0, errors.Join(append(errs, errors.New("no live node knows the master of "+key))...)
-}
-
-// masterOfSlot reads CLUSTER NODES on port and returns the port of the
-// connected master serving slot.
-func (c *redisCluster) masterOfSlot(port, slot int) (int, error) {
-	out, err := c.cli(port, "CLUSTER", "NODES")
-	if err != nil {
-		return 0, err
-	}
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
-			continue
-		}
-		for _, r := range f[8:] {
-			lo, hi, found := strings.Cut(r, "-")
-			if !found {
-				hi = lo
-			}
-			a, err1 := strconv.Atoi(lo)
-			b, err2 := strconv.Atoi(hi)
-			if err1 == nil && err2 == nil && a <= slot && slot <= b {
-				addr, _, _ := strings.Cut(f[1], "@")
-				_, ps, _ := net.SplitHostPort(addr)
-				return strconv.Atoi(ps)
-			}
-		}
-	}
-	return 0, fmt.Errorf("no master serves slot %d in CLUSTER NODES of %d", slot, port)
-}
-
-// kill sends sig to the node of port and waits (up to 10 s) for it to exit.
-func (c *redisCluster) kill(port int, sig syscall.Signal) error {
-	c.mu.Lock()
-	n, ok := c.procs[port]
-	delete(c.procs, port)
-	c.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("node %d is not running", port)
-	}
-	if err := n.cmd.Process.Signal(sig); err != nil {
-		return err
-	}
-	select {
-	case <-n.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.done
-		return fmt.Errorf("node %d did not exit within 10s of %v", port, sig)
-	}
-}
-
-// stop ends every node (SIGTERM, then SIGKILL after 5 s) and removes the
-// directory.
-func (c *redisCluster) stop() {
-	c.mu.Lock()
-	procs := c.procs
-	c.procs = map[int]*clusterNode{}
-	c.mu.Unlock()
-	for _, n := range procs {
-		_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	for port, n := range procs {
-		select {
-		case <-n.done:
-		case <-time.After(5 * time.Second):
-			fmt.Fprintf(os.Stderr, "integration: cluster node %d ignored SIGTERM; killing it\n", port)
-			_ = n.cmd.Process.Kill()
-			<-n.done
-		}
-	}
-	_ = os.RemoveAll(c.dir)
-}
-
-// logTail returns the last lines of a node's log, for failure messages.
-func (c *redisCluster) logTail(port int) string {
-	b, err := os.ReadFile(filepath.Join(c.dir, "redis-"+strconv.Itoa(port)+".log"))
-	if err != nil {
-		return ""
-	}
-	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
-
-// client returns a rueidis cluster client on c, closed when the test ends.
-func (c *redisCluster) client(tb testing.TB) rueidis.Client {
+// clusterClient returns a rueidis cluster client on c, closed when the
+// test ends.
+func clusterClient(tb testing.TB, c *redisCluster) rueidis.Client {
 	tb.Helper()
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: c.addrs(), ShuffleInit: true, DisableCache: true})
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: c.Addrs(), ShuffleInit: true, DisableCache: true})
 	if err != nil {
 		tb.Fatalf("integration: connect to Redis Cluster: %v", err)
 	}

@@ -31,7 +31,6 @@ import (
 	"log"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +43,7 @@ import (
 
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/bench/internal/results"
+	"github.com/safesync-go/safesync/internal/rediscluster"
 )
 
 type order struct {
@@ -71,12 +71,15 @@ func main() {
 	flag.Parse()
 	addrs := strings.Split(*clusterAddrs, ",")
 	if *clusterAddrs == "" {
-		c, err := startCluster()
+		if why := rediscluster.Missing(); why != "" {
+			log.Fatalf("%s; install it or pass -cluster", why)
+		}
+		c, err := rediscluster.Start()
 		if err != nil {
 			log.Fatal(err)
 		}
-		defer c.stop()
-		addrs = c.addrs()
+		defer c.Stop()
+		addrs = c.Addrs()
 	}
 	ctx := context.Background()
 	client, err := newClient(addrs)
@@ -91,7 +94,8 @@ func main() {
 		{"hand-written loop, 1 partition", 1, handDrain},
 		{"hand-written loop, 3 partitions", 3, handDrain},
 	}
-	samples := map[string][]time.Duration{}
+	run := results.Run{Benchmark: "clusterdrain", Params: map[string]string{
+		"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count), "concurrency": strconv.Itoa(*concurrency)}}
 	for rep := range *reps {
 		for i := range contenders {
 			c := contenders[(i+rep)%len(contenders)]
@@ -100,19 +104,12 @@ func main() {
 			if err != nil {
 				log.Fatalf("%s, repetition %d: %v", c.name, rep+1, err)
 			}
-			samples[c.name] = append(samples[c.name], elapsed)
+			run.Add(c.name, rep+1, *n, elapsed, 0, 0)
 			fmt.Fprintf(os.Stderr, "rep %d  %-32s %8.1f ms  %8.0f entries/s\n", rep+1, c.name, ms(elapsed), rate(elapsed))
 		}
 	}
-	report(contenders, samples)
+	report(contenders, &run)
 	if *out != "" {
-		run := results.Run{Benchmark: "clusterdrain", Params: map[string]string{
-			"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count), "concurrency": strconv.Itoa(*concurrency)}}
-		for _, c := range contenders {
-			for rep, d := range samples[c.name] {
-				run.Add(c.name, rep+1, *n, d, 0, 0)
-			}
-		}
 		if err := run.Write(*out); err != nil {
 			log.Fatal(err)
 		}
@@ -302,48 +299,24 @@ func handDrain(ctx context.Context, client rueidis.Client, p safesync.Partitions
 	return nil
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// pairedRatio is the median over repetitions of a[rep] / b[rep].
-func pairedRatio(a, b []time.Duration) float64 {
-	var rs []float64
-	for i := range min(len(a), len(b)) {
-		rs = append(rs, float64(a[i])/float64(b[i]))
-	}
-	slices.Sort(rs)
-	if len(rs)%2 == 1 {
-		return rs[len(rs)/2]
-	}
-	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
-}
-
-func report(contenders []contender, samples map[string][]time.Duration) {
+func report(contenders []contender, run *results.Run) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(w, "contender\tmedian ms\tentries/s\t\n")
 	for _, c := range contenders {
-		d := median(samples[c.name])
-		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t\n", c.name, ms(d), rate(d))
+		s, _ := run.Median(c.name)
+		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t\n", c.name, ms(s.Elapsed()), s.Rate())
 	}
 	w.Flush()
-	m := func(name string) time.Duration { return median(samples[name]) }
 	s1, s3 := "safesync, 1 partition", "safesync, 3 partitions"
 	h1, h3 := "hand-written loop, 1 partition", "hand-written loop, 3 partitions"
+	line := func(label, base, contender string) {
+		fmt.Printf("%s: %.2fx (median of repetitions: %.2fx)\n", label, run.Ratio(base, contender), run.PairedRatio(base, contender))
+	}
 	fmt.Println()
-	fmt.Printf("scaling, safesync 3 partitions / 1 partition: %.2fx (median of repetitions: %.2fx)\n",
-		float64(m(s1))/float64(m(s3)), pairedRatio(samples[s1], samples[s3]))
-	fmt.Printf("scaling, hand-written 3 partitions / 1 partition: %.2fx (median of repetitions: %.2fx)\n",
-		float64(m(h1))/float64(m(h3)), pairedRatio(samples[h1], samples[h3]))
-	fmt.Printf("safesync / hand-written, 3 partitions: %.2fx (median of repetitions: %.2fx)\n",
-		float64(m(h3))/float64(m(s3)), pairedRatio(samples[h3], samples[s3]))
-	fmt.Printf("safesync / hand-written, 1 partition: %.2fx (median of repetitions: %.2fx)\n",
-		float64(m(h1))/float64(m(s1)), pairedRatio(samples[h1], samples[s1]))
+	line("scaling, safesync 3 partitions / 1 partition", s1, s3)
+	line("scaling, hand-written 3 partitions / 1 partition", h1, h3)
+	line("safesync / hand-written, 3 partitions", h3, s3)
+	line("safesync / hand-written, 1 partition", h1, s1)
 	fmt.Printf("\n%d entries per drain, %d repetitions, COUNT %d, safesync Concurrency %d, GOMAXPROCS %d, %s\n",
 		*n, *reps, *count, *concurrency, runtime.GOMAXPROCS(0), runtime.Version())
 }
