@@ -49,15 +49,11 @@ func faultPipelineWorker(ctx context.Context, raw json.RawMessage) (any, error) 
 	if err := json.Unmarshal(raw, &a); err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("mysql", os.Getenv(envMySQLDSN))
+	db, rdb, err := workerServices()
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{os.Getenv(envRedisAddr)}, DisableCache: true})
-	if err != nil {
-		return nil, err
-	}
 	defer rdb.Close()
 	count := func(field string, n int64) {
 		_ = rdb.Do(context.Background(), rdb.B().Hincrby().Key(a.Stats).Field(field).Increment(n).Build()).Error()

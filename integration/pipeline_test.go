@@ -128,15 +128,11 @@ func killAfterCommitWorker(ctx context.Context, raw json.RawMessage) (any, error
 	if err := json.Unmarshal(raw, &a); err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("mysql", os.Getenv(envMySQLDSN))
+	db, rdb, err := workerServices()
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{os.Getenv(envRedisAddr)}, DisableCache: true})
-	if err != nil {
-		return nil, err
-	}
 	defer rdb.Close()
 	s := &pipelineSetup{db: db, rdb: rdb, accounts: a.Accounts, applied: a.Applied, stream: a.Stream, group: a.Group}
 	p := safesync.Stream(safesync.JSON[order]()).Handle(s.apply()).AckAfter(safesync.Commit(db)).

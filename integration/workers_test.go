@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // Worker processes: tests that need several OS processes re-execute the
@@ -111,4 +114,19 @@ func (w *workerProc) wait(tb testing.TB, timeout time.Duration, out any) {
 			tb.Fatalf("worker %s result %q: %v", w.name, w.stdout.String(), err)
 		}
 	}
+}
+
+// workerServices connects a worker process to the MySQL and Redis its
+// parent passed in the environment. The caller closes both.
+func workerServices() (*sql.DB, rueidis.Client, error) {
+	db, err := sql.Open("mysql", os.Getenv(envMySQLDSN))
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{os.Getenv(envRedisAddr)}, DisableCache: true})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, rdb, nil
 }
