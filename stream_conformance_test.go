@@ -11,33 +11,24 @@ import (
 // The stream conformance suite on the embedded Redis; integration/ runs the
 // same suite on a real server.
 func TestStreamConformanceEmbedded(t *testing.T) {
-	srv, err := safesynctest.StartRedis()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	safesynctest.RunStreamConformance(t, safesynctest.StreamTarget{
-		Embedded: true,
-		NewClient: func(t *testing.T) rueidis.Client {
-			c, err := srv.Client()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(c.Close)
-			return c
-		},
-	})
+	safesynctest.RunStreamConformance(t, embeddedTarget(t))
 }
 
 // The partitioned-stream cases on the embedded Redis; integration/ runs
 // them on a Redis Cluster.
 func TestPartitionConformanceEmbedded(t *testing.T) {
+	safesynctest.RunPartitionConformance(t, embeddedTarget(t))
+}
+
+// embeddedTarget starts an embedded Redis for the test and returns the
+// conformance target that gives each case its own client on it.
+func embeddedTarget(t *testing.T) safesynctest.StreamTarget {
 	srv, err := safesynctest.StartRedis()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	safesynctest.RunPartitionConformance(t, safesynctest.StreamTarget{
+	return safesynctest.StreamTarget{
 		Embedded: true,
 		NewClient: func(t *testing.T) rueidis.Client {
 			c, err := srv.Client()
@@ -47,5 +38,5 @@ func TestPartitionConformanceEmbedded(t *testing.T) {
 			t.Cleanup(c.Close)
 			return c
 		},
-	})
+	}
 }
