@@ -25,6 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math"
 	"os"
 	"regexp"
 	"runtime"
@@ -118,7 +119,10 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	samples := map[string][]sample{}
+	run := results.Run{Benchmark: "pipeline", Params: map[string]string{
+		"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "concurrency": strconv.Itoa(*concurrency),
+		"batch": strconv.Itoa(*batch), "accounts": strconv.Itoa(*accounts), "interpolateParams": strconv.FormatBool(strings.Contains(*mysqlDSN, "interpolateParams=true")),
+	}}
 	for rep := 0; rep < *reps; rep++ {
 		for i := range contenders {
 			c := contenders[(i+rep)%len(contenders)]
@@ -126,21 +130,12 @@ func main() {
 			if err != nil {
 				log.Fatalf("%s: %v", c.name, err)
 			}
-			samples[c.name] = append(samples[c.name], s)
+			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
 			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds())
 		}
 	}
-	report(contenders, samples)
+	report(contenders, &run)
 	if *out != "" {
-		run := results.Run{Benchmark: "pipeline", Params: map[string]string{
-			"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "concurrency": strconv.Itoa(*concurrency),
-			"batch": strconv.Itoa(*batch), "accounts": strconv.Itoa(*accounts), "interpolateParams": strconv.FormatBool(strings.Contains(*mysqlDSN, "interpolateParams=true")),
-		}}
-		for _, c := range contenders {
-			for rep, s := range samples[c.name] {
-				run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			}
-		}
 		if err := run.Write(*out); err != nil {
 			log.Fatal(err)
 		}
@@ -352,33 +347,21 @@ func pipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rd
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func median(s []sample) sample {
-	sorted := slices.Clone(s)
-	slices.SortFunc(sorted, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
-	return sorted[len(sorted)/2]
-}
-
-func report(contenders []contender, samples map[string][]sample) {
-	med := map[string]sample{}
-	for name, s := range samples {
-		med[name] = median(s)
-	}
+func report(contenders []contender, run *results.Run) {
 	fmt.Printf("\n%d entries, one UPDATE each, concurrency %d, %d repetitions, medians; GOMAXPROCS %d, %s\n\n", *n, *concurrency, *reps, runtime.GOMAXPROCS(0), runtime.Version())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t")
 	for _, c := range contenders {
-		s, ok := med[c.name]
+		s, ok := run.Median(c.name)
 		if !ok {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.allocs, s.bytes)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t\n", c.name, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes)
 	}
 	tw.Flush()
-	ratio := func(label, num, den string) {
-		a, okA := med[num]
-		b, okB := med[den]
-		if okA && okB {
-			fmt.Printf("%-44s %.2f×\n", label, b.elapsed.Seconds()/a.elapsed.Seconds())
+	ratio := func(label, contender, base string) {
+		if r := run.Ratio(base, contender); !math.IsNaN(r) {
+			fmt.Printf("%-44s %.2f×\n", label, r)
 		}
 	}
 	fmt.Println()

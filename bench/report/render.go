@@ -116,32 +116,6 @@ func renderStrategies(p printer, path string) error {
 	return nil
 }
 
-// pairedRatio is the median over repetitions of base time / contender time.
-func pairedRatio(r *results.Run, base, contender string) float64 {
-	b, c := r.Of(base), r.Of(contender)
-	var ratios []float64
-	for _, x := range b {
-		for _, y := range c {
-			if x.Rep == y.Rep {
-				ratios = append(ratios, x.Seconds/y.Seconds)
-			}
-		}
-	}
-	if len(ratios) == 0 {
-		return math.NaN()
-	}
-	sortFloats(ratios)
-	return ratios[len(ratios)/2]
-}
-
-func sortFloats(v []float64) {
-	for i := 1; i < len(v); i++ {
-		for j := i; j > 0 && v[j] < v[j-1]; j-- {
-			v[j], v[j-1] = v[j-1], v[j]
-		}
-	}
-}
-
 func renderDrain(p printer, r *results.Run) {
 	const hand, wm = "hand-written rueidis loop", "watermill-redisstream"
 	p("## Draining a stream\n\n")
@@ -159,7 +133,7 @@ func renderDrain(p printer, r *results.Run) {
 		if hasW {
 			vsW = fmt.Sprintf("%.1f×", w.Seconds/s.Seconds)
 		}
-		p("| %s | %.0f | %.0f | %.1f | %.0f | %.2f× (%.2f×) | %s |\n", c, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, h.Seconds/s.Seconds, pairedRatio(r, hand, c), vsW)
+		p("| %s | %.0f | %.0f | %.1f | %.0f | %.2f× (%.2f×) | %s |\n", c, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, h.Seconds/s.Seconds, r.PairedRatio(hand, c), vsW)
 	}
 	p("\nIn parentheses: the median of per-repetition ratios. Targets: `Run` ≥ 0.9× the\n")
 	p("hand-written loop and ≥ 10× watermill-redisstream.\n\n")
@@ -180,28 +154,20 @@ func renderPipeline(p printer, r, prepared *results.Run) {
 		}
 	}
 	table(r)
-	ratio := func(r *results.Run, num, den string) float64 {
-		a, okA := r.Median(num)
-		b, okB := r.Median(den)
-		if !okA || !okB {
-			return math.NaN()
-		}
-		return b.Seconds / a.Seconds
-	}
-	perEntry := ratio(r, "pipeline", "hand-written loop")
-	batch := ratio(r, "pipeline Batch(100)", "pipeline")
-	handBatch := ratio(r, "hand-written loop, batches of 100", "hand-written loop")
-	batchVsHand := ratio(r, "pipeline Batch(100)", "hand-written loop, batches of 100")
-	oncePer := 1 - ratio(r, "pipeline + Once", "pipeline")
-	onceBatch := 1 - ratio(r, "pipeline Batch(100) + Once", "pipeline Batch(100)")
+	perEntry := r.Ratio("hand-written loop", "pipeline")
+	batch := r.Ratio("pipeline", "pipeline Batch(100)")
+	handBatch := r.Ratio("hand-written loop", "hand-written loop, batches of 100")
+	batchVsHand := r.Ratio("hand-written loop, batches of 100", "pipeline Batch(100)")
+	oncePer := 1 - r.Ratio("pipeline", "pipeline + Once")
+	onceBatch := 1 - r.Ratio("pipeline Batch(100)", "pipeline Batch(100) + Once")
 	p("\n| measure | figure | target |\n|---|---:|---|\n")
-	p("| pipeline / hand-written loop (throughput) | **%.2f×** (per repetition: %.2f×) | ≥ 0.9× |\n", perEntry, pairedRatio(r, "hand-written loop", "pipeline"))
+	p("| pipeline / hand-written loop (throughput) | **%.2f×** (per repetition: %.2f×) | ≥ 0.9× |\n", perEntry, r.PairedRatio("hand-written loop", "pipeline"))
 	p("| `Batch(100)` / per-entry pipeline | **%.2f×** | ≥ 5× |\n", batch)
 	p("| hand-written batches of 100 / hand-written per entry | %.2f× | (what the machine allows) |\n", handBatch)
 	p("| `Batch(100)` / hand-written batches of 100 | %.2f× | |\n", batchVsHand)
 	p("| cost of `Once`, per entry | **%.0f%%** | ≤ 15%% |\n", oncePer*100)
 	p("| cost of `Once`, batches of 100 | **%.0f%%** | ≤ 15%% |\n\n", onceBatch*100)
-	handBatchVsPipeline := ratio(r, "hand-written loop, batches of 100", "pipeline")
+	handBatchVsPipeline := r.Ratio("pipeline", "hand-written loop, batches of 100")
 	p("Batching gains the pipeline %.2f× and the hand-written loop %.2f×; the\n", batch, handBatch)
 	p("batched pipeline runs at %.2f× the hand-written batches. The per-entry\n", batchVsHand)
 	p("pipeline is the denominator of the first ratio, and it is %.2f× the\n", perEntry)

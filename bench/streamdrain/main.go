@@ -103,7 +103,7 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	samples := map[string][]sample{}
+	run := results.Run{Benchmark: "streamdrain", Params: map[string]string{"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count)}}
 	for rep := range *reps {
 		for i := range contenders {
 			c := contenders[(i+rep)%len(contenders)]
@@ -112,18 +112,12 @@ func main() {
 			if err != nil {
 				log.Fatalf("%s, repetition %d: %v", c.name, rep+1, err)
 			}
-			samples[c.name] = append(samples[c.name], s)
+			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
 			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.1f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), rate(s.elapsed))
 		}
 	}
-	report(contenders, samples)
+	report(contenders, &run)
 	if *out != "" {
-		run := results.Run{Benchmark: "streamdrain", Params: map[string]string{"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count)}}
-		for _, c := range contenders {
-			for rep, s := range samples[c.name] {
-				run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			}
-		}
 		if err := run.Write(*out); err != nil {
 			log.Fatal(err)
 		}
@@ -368,55 +362,34 @@ func pending(ctx context.Context, rdb *goredis.Client, stream string) int64 {
 	return p.Count
 }
 
-func report(contenders []contender, results map[string][]sample) {
-	med := map[string]sample{}
+func report(contenders []contender, run *results.Run) {
+	const hand, wm = "hand-written rueidis loop", "watermill-redisstream"
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(w, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t\n")
 	for _, c := range contenders {
-		s := median(results[c.name])
-		med[c.name] = s
-		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.elapsed), rate(s.elapsed), s.allocs, s.bytes)
+		s, _ := run.Median(c.name)
+		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.Elapsed()), rate(s.Elapsed()), s.Allocs, s.Bytes)
 	}
 	w.Flush()
-	hand, hasHand := med["hand-written rueidis loop"]
-	wm, hasWM := med["watermill-redisstream"]
+	_, hasHand := run.Median(hand)
+	_, hasWM := run.Median(wm)
 	fmt.Println()
 	for _, c := range contenders {
-		s := med[c.name]
-		if c.name == "hand-written rueidis loop" || c.name == "watermill-redisstream" {
+		if c.name == hand || c.name == wm {
 			continue
 		}
 		line := c.name + ":"
 		if hasHand {
 			line += fmt.Sprintf("  %.2fx the hand-written loop (median of repetitions: %.2fx)",
-				float64(hand.elapsed)/float64(s.elapsed), pairedRatio(results["hand-written rueidis loop"], results[c.name]))
+				run.Ratio(hand, c.name), run.PairedRatio(hand, c.name))
 		}
 		if hasWM {
-			line += fmt.Sprintf("  %.1fx watermill-redisstream", float64(wm.elapsed)/float64(s.elapsed))
+			line += fmt.Sprintf("  %.1fx watermill-redisstream", run.Ratio(wm, c.name))
 		}
 		fmt.Println(line)
 	}
 	fmt.Printf("\n%d entries per drain, %d repetitions, COUNT %s, GOMAXPROCS %d, %s\n",
 		*n, *reps, strconv.Itoa(*count), runtime.GOMAXPROCS(0), runtime.Version())
-}
-
-// pairedRatio is the median over repetitions of ref's time over s's time
-// in the same repetition: less sensitive than a ratio of medians to load
-// that changes during the run.
-func pairedRatio(ref, s []sample) float64 {
-	var r []float64
-	for i := range min(len(ref), len(s)) {
-		r = append(r, float64(ref[i].elapsed)/float64(s[i].elapsed))
-	}
-	slices.Sort(r)
-	return r[len(r)/2]
-}
-
-// median returns the sample with the median time, its allocations with it.
-func median(s []sample) sample {
-	s = slices.Clone(s)
-	slices.SortFunc(s, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -4,6 +4,7 @@ package results
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -82,3 +83,37 @@ func (r *Run) Median(contender string) (Sample, bool) {
 
 // Rate is entries per second.
 func (s Sample) Rate() float64 { return float64(s.Entries) / s.Seconds }
+
+// Elapsed is the sample's time.
+func (s Sample) Elapsed() time.Duration { return time.Duration(s.Seconds * float64(time.Second)) }
+
+// Ratio is how many times faster contender ran than base: the median time
+// of base over the median time of contender. It is NaN when either has no
+// samples.
+func (r *Run) Ratio(base, contender string) float64 {
+	b, okB := r.Median(base)
+	c, okC := r.Median(contender)
+	if !okB || !okC {
+		return math.NaN()
+	}
+	return b.Seconds / c.Seconds
+}
+
+// PairedRatio is the median over repetitions of base's time over
+// contender's time in the same repetition: less sensitive than Ratio to
+// load that changes during a run. It is NaN when no repetition has both.
+func (r *Run) PairedRatio(base, contender string) float64 {
+	var ratios []float64
+	for _, b := range r.Of(base) {
+		for _, c := range r.Of(contender) {
+			if b.Rep == c.Rep {
+				ratios = append(ratios, b.Seconds/c.Seconds)
+			}
+		}
+	}
+	if len(ratios) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(ratios)
+	return ratios[len(ratios)/2]
+}
