@@ -321,23 +321,38 @@ func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], o
 // which rolls back and is retried; a check cut short by the end of ctx
 // returns ctx's error.
 func confirmAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64) error {
-	var holder sql.NullInt64
-	err := tx.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&holder)
+	lost, err := lockNotHeld(ctx, tx, name, connID)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return errors.Join(ctx.Err(), err)
 	case err != nil:
 		tx.metrics.countLockLost(strategyAdvisory)
 		return errors.Join(fmt.Errorf("%w: %q: confirming it before commit failed", ErrLockLost, name), err)
-	case !holder.Valid || holder.Int64 != connID:
+	case lost != nil:
 		tx.metrics.countLockLost(strategyAdvisory)
-		who := "nobody"
-		if holder.Valid {
-			who = fmt.Sprintf("connection %d", holder.Int64)
-		}
-		return fmt.Errorf("%w: %q is held by %s, not connection %d, before commit", ErrLockLost, name, who, connID)
+		return fmt.Errorf("%w, before commit", lost)
 	}
 	return nil
+}
+
+// lockNotHeld asks, through q, which connection holds the advisory lock
+// name. It returns an ErrLockLost naming the holder when that is not
+// connID, nil when it is, and the query's error when it cannot tell.
+func lockNotHeld(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, name string, connID int64) (lost, err error) {
+	var holder sql.NullInt64
+	if err := q.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&holder); err != nil {
+		return nil, err
+	}
+	if holder.Valid && holder.Int64 == connID {
+		return nil, nil
+	}
+	who := "nobody"
+	if holder.Valid {
+		who = fmt.Sprintf("connection %d", holder.Int64)
+	}
+	return fmt.Errorf("%w: %q is held by %s, not connection %d", ErrLockLost, name, who, connID), nil
 }
 
 // releaseAdvisoryLock runs RELEASE_LOCK on the lock's own connection. Any
@@ -373,19 +388,14 @@ func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, i
 			case <-ticker.C:
 			}
 			checkCtx, cancelCheck := context.WithTimeout(ctx, interval+time.Second)
-			var holder sql.NullInt64
-			err := tx.db.QueryRowContext(checkCtx, "SELECT IS_USED_LOCK(?)", name).Scan(&holder)
+			lost, err := lockNotHeld(checkCtx, tx.db, name, connID)
 			cancelCheck()
 			if err != nil {
 				continue // cannot tell; the transaction's own statements will fail if the server is gone
 			}
-			if !holder.Valid || holder.Int64 != connID {
+			if lost != nil {
 				tx.metrics.countLockLost(strategyAdvisory)
-				who := "nobody"
-				if holder.Valid {
-					who = fmt.Sprintf("connection %d", holder.Int64)
-				}
-				cancel(fmt.Errorf("%w: %q is held by %s, not connection %d", ErrLockLost, name, who, connID))
+				cancel(lost)
 				return
 			}
 		}
