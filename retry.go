@@ -129,6 +129,16 @@ func isTimeout(err net.Error) bool { return err.Timeout() }
 // back (or never started it), so a new attempt cannot apply the work twice.
 type rolledBackError struct{ err error }
 
+// markRolledBack marks err as a rolledBackError when it is a connection
+// failure (not the end of ctx) of a transaction that cannot have committed,
+// which makes a new attempt safe; other errors are returned as they are.
+func markRolledBack(err error) error {
+	if isConnectionError(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return &rolledBackError{err: err}
+	}
+	return err
+}
+
 func (e *rolledBackError) Error() string { return e.err.Error() }
 func (e *rolledBackError) Unwrap() error { return e.err }
 

@@ -256,13 +256,9 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 	sqlTx, err := conn.BeginTx(beginCtx, &sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly})
 	if err != nil {
 		conn.Close()
-		err = fmt.Errorf("safesync: begin: %w", err)
-		if isConnectionError(err) {
-			// The connection failed before fn ran: nothing was done, and
-			// nothing can be committed, so a new attempt is safe.
-			err = &rolledBackError{err: err}
-		}
-		return zero, err
+		// The connection failed before fn ran: nothing was done, and
+		// nothing can be committed.
+		return zero, markRolledBack(fmt.Errorf("safesync: begin: %w", err))
 	}
 	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
 	// No cancel func is added: a ctx with a Done channel makes the driver
@@ -290,11 +286,9 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		err = ctx.Err() // ctx ended while fn ran, and fn did not notice
 	}
 	if err != nil {
-		if isConnectionError(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			// COMMIT was never sent on this connection: the server rolls
-			// the transaction back, which makes a new attempt safe.
-			err = &rolledBackError{err: err}
-		}
+		// COMMIT was never sent on this connection: the server rolls the
+		// transaction back.
+		err = markRolledBack(err)
 		rbErr := sqlTx.Rollback()
 		if rbErr != nil {
 			rbErr = fmt.Errorf("safesync: rollback: %w", rbErr)
