@@ -111,12 +111,9 @@ func (pc *PartitionedConsumer[T]) DeadLetter(ctx context.Context, msg Message[T]
 // Concurrency shared by all. cfg.Stream must be empty or p.Name(). A
 // batch holds entries of one partition only.
 func (p Pipeline[T]) RunPartitioned(ctx context.Context, client rueidis.Client, parts Partitions, cfg StreamConfig) error {
-	if p.handle == nil {
-		return errors.New("safesync: RunPartitioned on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)")
-	}
-	var opts []ConsumerOption[T]
-	if p.orderBy != nil {
-		opts = append(opts, OrderBy(p.orderBy))
+	opts, err := p.consumerOptions("RunPartitioned")
+	if err != nil {
+		return err
 	}
 	pc, err := NewPartitionedConsumer(client, parts, cfg, p.decode, opts...)
 	if err != nil {

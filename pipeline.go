@@ -164,18 +164,28 @@ func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])
 // error for an invalid configuration or a failure Redis will not recover
 // from.
 func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamConfig) error {
-	if p.handle == nil {
-		return errors.New("safesync: Run on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)")
-	}
-	var opts []ConsumerOption[T]
-	if p.orderBy != nil {
-		opts = append(opts, OrderBy(p.orderBy))
+	opts, err := p.consumerOptions("Run")
+	if err != nil {
+		return err
 	}
 	c, err := NewConsumer(client, cfg, p.decode, opts...)
 	if err != nil {
 		return err
 	}
 	return p.runOn(ctx, c)
+}
+
+// consumerOptions checks that p was built, naming method in the error if
+// not, and returns the options of the consumer that runs it.
+func (p Pipeline[T]) consumerOptions(method string) ([]ConsumerOption[T], error) {
+	if p.handle == nil {
+		return nil, fmt.Errorf("safesync: %s on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)", method)
+	}
+	var opts []ConsumerOption[T]
+	if p.orderBy != nil {
+		opts = append(opts, OrderBy(p.orderBy))
+	}
+	return opts, nil
 }
 
 // runOn runs the pipeline on c; see Run.
