@@ -9,38 +9,19 @@ import (
 	"sync"
 	"time"
 
+	_ "github.com/go-sql-driver/mysql"
+	"github.com/redis/rueidis"
 	"github.com/safesync-go/safesync"
-	"github.com/safesync-go/safesync/safesynctest"
 )
-
-// openExampleDB starts an embedded MySQL-compatible engine with an accounts
-// table, so that the examples run with no services. It runs transactions
-// one at a time; see safesynctest.EmbeddedMySQL.
-func openExampleDB() (db *sql.DB, stop func()) {
-	m, err := safesynctest.StartMySQL()
-	if err != nil {
-		log.Fatal(err)
-	}
-	db, err = m.Open()
-	if err != nil {
-		log.Fatal(err)
-	}
-	for _, q := range []string{
-		"CREATE TABLE accounts (id BIGINT PRIMARY KEY, owner VARCHAR(64) NOT NULL, balance BIGINT NOT NULL, version BIGINT NOT NULL DEFAULT 0)",
-		"INSERT INTO accounts (id, owner, balance) VALUES (1, 'ada', 100), (2, 'bob', 0)",
-	} {
-		if _, err := db.Exec(q); err != nil {
-			log.Fatal(err)
-		}
-	}
-	return db, func() { db.Close(); m.Close() }
-}
 
 // A transfer is one transaction: both updates commit together, or neither
 // does.
 func ExampleWithTx() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 	ctx := context.Background()
 
 	transfer := func(from, to, amount int64) safesync.Func[int64] {
@@ -69,16 +50,15 @@ func ExampleWithTx() {
 
 	balances, _ := safesync.Select[int64](ctx, db, "SELECT balance FROM accounts ORDER BY id")
 	fmt.Println("balances:", balances)
-	// Output:
-	// left: 70 err: <nil>
-	// err: insufficient funds
-	// balances: [70 30]
 }
 
 // Get reads exactly one row into a struct, a scalar or a map.
 func ExampleGet() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 	ctx := context.Background()
 
 	type Account struct {
@@ -94,16 +74,15 @@ func ExampleGet() {
 
 	_, err = safesync.Get[Account](ctx, db, "SELECT id, owner, balance FROM accounts WHERE id = ?", 42)
 	fmt.Println(errors.Is(err, sql.ErrNoRows))
-	// Output:
-	// {ID:1 Owner:ada Balance:100} <nil>
-	// 2 <nil>
-	// true
 }
 
 // Select reads all rows; inside a transaction, pass the *Tx.
 func ExampleSelect() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 
 	owners, err := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) ([]string, error) {
 		return safesync.Select[string](ctx, tx, "SELECT owner FROM accounts ORDER BY owner")
@@ -112,9 +91,6 @@ func ExampleSelect() {
 
 	rows, err := safesync.Select[map[string]any](context.Background(), db, "SELECT id, owner FROM accounts WHERE id = 2")
 	fmt.Println(rows, err)
-	// Output:
-	// [ada bob] <nil>
-	// [map[id:2 owner:bob]] <nil>
 }
 
 type Account struct {
@@ -127,8 +103,11 @@ type Account struct {
 // WithRowLock reads the row with SELECT … FOR UPDATE and hands it to fn;
 // the lock is held until the transaction ends.
 func ExampleWithRowLock() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 
 	withdraw := safesync.WithRowLock("accounts", safesync.Key{"id": 1},
 		func(ctx context.Context, tx *safesync.Tx, acct Account) (int64, error) {
@@ -142,20 +121,19 @@ func ExampleWithRowLock() {
 		left, err := safesync.WithTx(db, withdraw)(context.Background())
 		fmt.Println(left, err) // a failed transaction returns the zero value
 	}
-	_, err := safesync.WithTx(db, safesync.WithRowLock("accounts", safesync.Key{"id": 9},
+	_, err = safesync.WithTx(db, safesync.WithRowLock("accounts", safesync.Key{"id": 9},
 		func(ctx context.Context, tx *safesync.Tx, acct Account) (int64, error) { return 0, nil }))(context.Background())
 	fmt.Println(errors.Is(err, safesync.ErrNotFound))
-	// Output:
-	// 40 <nil>
-	// 0 insufficient funds
-	// true
 }
 
 // WithAdvisoryLock serialises work across processes by name; the lock is
 // released on the same connection when the transaction ends.
 func ExampleWithAdvisoryLock() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 	ctx := context.Background()
 
 	recompute := safesync.WithAdvisoryLock("user:1:summary", 5*time.Second,
@@ -167,16 +145,16 @@ func ExampleWithAdvisoryLock() {
 
 	free, _ := safesync.Get[int64](ctx, db, "SELECT IS_FREE_LOCK('user:1:summary')")
 	fmt.Println("released:", free == 1)
-	// Output:
-	// 100 <nil>
-	// released: true
 }
 
 // OCC reads the row and its version, lets a pure function compute the new
 // row, and writes the changed columns guarded by the version.
 func ExampleOCC() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 
 	deposit := func(amount int64) func(Account) (Account, error) {
 		return func(a Account) (Account, error) {
@@ -187,15 +165,16 @@ func ExampleOCC() {
 	read := safesync.ReadVersioned[Account]("accounts", safesync.Key{"id": 2}, "version")
 	acct, err := safesync.WithTx(db, safesync.OCC(read, deposit(25)))(context.Background())
 	fmt.Printf("%+v %v\n", acct, err)
-	// Output:
-	// {ID:2 Owner:bob Balance:25 Version:1} <nil>
 }
 
 // Retry runs a whole new transaction for each attempt, and only for errors
 // a new transaction can fix, such as an optimistic conflict.
 func ExampleRetry() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 
 	attempts := 0
 	read := func(ctx context.Context, tx *safesync.Tx) (safesync.Versioned[Account], error) {
@@ -213,16 +192,16 @@ func ExampleRetry() {
 	})
 	acct, err := safesync.Retry(policy, safesync.WithTx(db, safesync.OCC(read, addFive)))(context.Background())
 	fmt.Println(acct.Balance, acct.Version, err, "attempts:", attempts)
-	// Output:
-	// retrying after: conflict
-	// 105 1 <nil> attempts: 2
 }
 
 // InsertIdempotent reports a duplicate key as (false, nil) and every other
 // failure as an error.
 func ExampleInsertIdempotent() {
-	db, stop := openExampleDB()
-	defer stop()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
 
 	create := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (bool, error) {
 		return safesync.InsertIdempotent(ctx, tx, "INSERT INTO accounts (id, owner, balance) VALUES (?, ?, ?)", 3, "cy", 0)
@@ -231,9 +210,6 @@ func ExampleInsertIdempotent() {
 		inserted, err := create(context.Background())
 		fmt.Println(inserted, err)
 	}
-	// Output:
-	// true <nil>
-	// false <nil>
 }
 
 // Payment is what ExampleStream applies to an account.
@@ -247,10 +223,16 @@ type Payment struct {
 // applied in a transaction, recorded for exactly-once, and acknowledged
 // only after COMMIT.
 func ExampleStream() {
-	db, stop := openExampleDB()
-	defer stop()
-	rdb, closeRedis := embeddedRedis()
-	defer closeRedis()
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{"127.0.0.1:6379"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rdb.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := safesync.CreateDedupeTable(ctx, db, "applied"); err != nil {
@@ -289,7 +271,4 @@ func ExampleStream() {
 
 	balances, _ := safesync.Select[int64](context.Background(), db, "SELECT balance FROM accounts ORDER BY id")
 	fmt.Println("balances:", balances)
-	// Output:
-	// run: <nil>
-	// balances: [115 8]
 }

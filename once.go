@@ -159,7 +159,8 @@ func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Mes
 	insert := func(rows []Message[T]) error {
 		args := make([]any, 0, 3*len(rows))
 		for _, r := range rows {
-			args = append(args, r.Group, r.Stream, r.ID)
+			stream, id := r.Origin()
+			args = append(args, r.Group, stream, id)
 		}
 		s, prepared := m.stmts[len(rows)]
 		if !prepared {

@@ -101,7 +101,10 @@ type Pipeline[T any] struct {
 // entry already recorded by a committed transaction is acknowledged
 // without running the handler again. Without Once, delivery is
 // at-least-once: an entry redelivered after its COMMIT but before its
-// acknowledgement (a crash in between) is applied again. Once panics if
+// acknowledgement (a crash in between) is applied again. An entry that
+// carries an origin (see OriginFieldStream: a replayed dead letter, an
+// event relayed from an outbox) is recorded under its origin, so that one
+// origin takes effect at most once however often it arrives. Once panics if
 // table is not a valid identifier.
 func (p Pipeline[T]) Once(table string) Pipeline[T] {
 	if err := ValidateIdentifier(table); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/safesynctest"
 )
 
 // failing returns a Func that fails with errs in turn, then returns "ok",
@@ -29,7 +30,7 @@ func failing(errs ...error) (safesync.Func[string], *int) {
 }
 
 func TestRetryRerunsRetryableFailuresUntilSuccess(t *testing.T) {
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	var events []safesync.RetryEvent
 	f, calls := failing(&safesync.ConflictError{Table: "t"}, &mysql.MySQLError{Number: 1213, Message: "Deadlock found"})
 	policy := safesync.Constant(time.Millisecond).WithMetrics(m).WithOnRetry(func(e safesync.RetryEvent) { events = append(events, e) })
@@ -41,7 +42,7 @@ func TestRetryRerunsRetryableFailuresUntilSuccess(t *testing.T) {
 		t.Fatalf("OnRetry events = %+v", events)
 	}
 	for reason, want := range map[string]float64{"conflict": 1, "deadlock": 1} {
-		if got := metricValue(t, reg, "coti_safesync_db_retries_total", map[string]string{"reason": reason}); got != want {
+		if got := safesynctest.MetricValue(t, reg, "coti_safesync_db_retries_total", map[string]string{"reason": reason}); got != want {
 			t.Errorf("retries_total{reason=%s} = %v, want %v", reason, got, want)
 		}
 	}

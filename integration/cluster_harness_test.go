@@ -23,9 +23,10 @@ var sharedCluster struct {
 
 // openSharedCluster returns the run's shared cluster, starting it on first
 // use, or skips the test (fails it with SAFESYNC_REQUIRE_SERVICES=1) when
-// redis-server or redis-cli is missing.
+// redis-server or redis-cli is missing, or SAFESYNC_START_SERVERS is not 1.
 func openSharedCluster(tb testing.TB) *redisCluster {
 	tb.Helper()
+	mayStartServers(tb, "Redis Cluster")
 	sharedCluster.once.Do(func() {
 		if sharedCluster.missing = rediscluster.Missing(); sharedCluster.missing != "" {
 			return
@@ -45,6 +46,7 @@ func openSharedCluster(tb testing.TB) *redisCluster {
 // tests that kill nodes.
 func openOwnCluster(tb testing.TB) *redisCluster {
 	tb.Helper()
+	mayStartServers(tb, "Redis Cluster")
 	if why := rediscluster.Missing(); why != "" {
 		unavailable(tb, "Redis Cluster", why)
 	}

@@ -25,10 +25,12 @@ type privateRedis struct {
 }
 
 // startPrivateRedis starts redis-server on a free loopback port; it is
-// killed when the test ends. The test skips when redis-server is not
-// installed (and fails under SAFESYNC_REQUIRE_SERVICES=1).
+// killed when the test ends. The test skips when SAFESYNC_START_SERVERS is
+// not 1 or redis-server is not installed (and fails under
+// SAFESYNC_REQUIRE_SERVICES=1).
 func startPrivateRedis(t *testing.T) *privateRedis {
 	t.Helper()
+	mayStartServers(t, "a private redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		unavailable(t, "redis-server", err.Error())
 	}

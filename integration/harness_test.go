@@ -34,6 +34,11 @@ const (
 	envMySQLDSN        = "SAFESYNC_MYSQL_DSN"
 	envRedisAddr       = "SAFESYNC_REDIS_ADDR"
 	envRequireServices = "SAFESYNC_REQUIRE_SERVICES"
+	// envStartServers=1 lets tests start servers of their own: the Redis
+	// Cluster tests' six redis-server nodes and the fault tests' private
+	// redis-server. Without it those tests skip (or fail, with
+	// envRequireServices=1).
+	envStartServers = "SAFESYNC_START_SERVERS"
 )
 
 // services is what the run found, resolved once.
@@ -151,6 +156,15 @@ func unavailable(tb testing.TB, what, why string) {
 		tb.Fatal(msg + " (" + envRequireServices + "=1)")
 	}
 	tb.Skip(msg)
+}
+
+// mayStartServers skips the test (fails it with SAFESYNC_REQUIRE_SERVICES=1)
+// unless SAFESYNC_START_SERVERS=1 allows it to start servers of its own.
+func mayStartServers(tb testing.TB, what string) {
+	tb.Helper()
+	if os.Getenv(envStartServers) != "1" {
+		unavailable(tb, what, "this test starts servers of its own; set "+envStartServers+"=1 to let it")
+	}
 }
 
 // mysqlDSN returns the DSN of the run's MySQL, or skips/fails the test.

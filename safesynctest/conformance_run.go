@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/safesync-go/safesync"
 )
 
@@ -69,7 +67,7 @@ func stopDuringBlock(t *testing.T, s *suite) {
 	client := s.target.NewClient(t)
 	// Goroutines the client and server have now are not ours; the client's
 	// later ones end when it is closed below.
-	before := goleak.IgnoreCurrent()
+	before := goroutines()
 	cfg := e.config("c1")
 	cfg.Block = 5 * time.Second
 	c, err := safesync.NewConsumer(client, cfg, safesync.JSON[order]())
@@ -101,14 +99,14 @@ func stopDuringBlock(t *testing.T, s *suite) {
 		t.Fatalf("pending = %v, want the handled entry acknowledged", p)
 	}
 	client.Close()
-	goleak.VerifyNone(t, before)
+	verifyNoNewGoroutines(t, before)
 }
 
 func shutdownAcksFinished(t *testing.T, s *suite) {
 	e := s.newEnv(t)
 	ids := e.publish(1, 10)
 	client := s.target.NewClient(t)
-	before := goleak.IgnoreCurrent()
+	before := goroutines()
 	cfg := e.config("c1")
 	cfg.Concurrency, cfg.Count, cfg.ShutdownGrace = 3, 10, time.Second
 	release := make(chan struct{})
@@ -151,7 +149,7 @@ func shutdownAcksFinished(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	client.Close()
-	goleak.VerifyNone(t, before)
+	verifyNoNewGoroutines(t, before)
 	var handled []int
 	calls.Range(func(k, _ any) bool { handled = append(handled, k.(int)); return true })
 	slices.Sort(handled)
@@ -169,7 +167,7 @@ func shutdownInline(t *testing.T, s *suite) {
 	e := s.newEnv(t)
 	ids := e.publish(1, 5)
 	client := s.target.NewClient(t)
-	before := goleak.IgnoreCurrent()
+	before := goroutines()
 	cfg := e.config("c1")
 	cfg.ShutdownGrace = 300 * time.Millisecond
 	c, err := safesync.NewConsumer(client, cfg, safesync.JSON[order]())
@@ -202,7 +200,7 @@ func shutdownInline(t *testing.T, s *suite) {
 		t.Fatalf("Run returned %v after cancel, before ShutdownGrace (300ms) let the handler run", took)
 	}
 	client.Close()
-	goleak.VerifyNone(t, before)
+	verifyNoNewGoroutines(t, before)
 	if calls.Load() != 2 {
 		t.Fatalf("%d handler calls, want 2: nothing starts after cancel", calls.Load())
 	}

@@ -92,28 +92,3 @@ func ExampleHandleJSON() {
 	// failed: safesync: permanent failure: order 2: negative amount
 	// dead-lettered: handler {"id":2,"amount":-3}
 }
-
-// A pipeline handler's unit test: HandleTxJSON runs it in one transaction
-// per entry on an embedded MySQL, and the test reads the effects back.
-func ExampleHandleTxJSON() {
-	t := &testing.T{} // in a test, the *testing.T it is given
-	db := safesynctest.NewMySQL(t)
-	if _, err := db.Exec("CREATE TABLE totals (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL)"); err != nil {
-		fmt.Println(err)
-		return
-	}
-	addToTotal := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
-		if msg.Value.Amount <= 0 {
-			return safesync.Permanent(fmt.Errorf("order %d: amount must be positive", msg.Value.ID))
-		}
-		_, err := tx.ExecContext(ctx, "INSERT INTO totals (id, amount) VALUES (1, ?) ON DUPLICATE KEY UPDATE amount = amount + ?", msg.Value.Amount, msg.Value.Amount)
-		return err
-	}
-	rep := safesynctest.HandleTxJSON(t, db, addToTotal, order{ID: 1, Amount: 5}, order{ID: 2, Amount: 0}, order{ID: 3, Amount: 7})
-	total, err := safesync.Get[int64](context.Background(), db, "SELECT amount FROM totals WHERE id = 1")
-	fmt.Println("total:", total, err)
-	fmt.Println("acked:", len(rep.Acked), "dead-lettered:", len(rep.DeadLettered))
-	// Output:
-	// total: 12 <nil>
-	// acked: 2 dead-lettered: 1
-}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
+	"github.com/safesync-go/safesync/safesynctest/mysqltest"
 )
 
 type options struct {
@@ -126,7 +127,7 @@ func (s *services) close() {
 func connect(ctx context.Context, o options) (*services, error) {
 	s := &services{}
 	if o.mysqlDSN == "" {
-		m, err := safesynctest.StartMySQL()
+		m, err := mysqltest.Start()
 		if err != nil {
 			return s, err
 		}

@@ -1,4 +1,4 @@
-package safesync_test
+package mysqltest_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/safesynctest"
 )
 
 type acctRow struct {
@@ -18,7 +19,7 @@ type acctRow struct {
 
 func TestWithRowLockGivesFnTheLockedRow(t *testing.T) {
 	db := embeddedDB(t)
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	got, err := safesync.WithTx(db, safesync.WithRowLock("accounts", safesync.Key{"id": 1},
 		func(ctx context.Context, tx *safesync.Tx, row acctRow) (int64, error) {
 			_, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = ? WHERE id = ?", row.Balance+1, row.ID)
@@ -27,7 +28,7 @@ func TestWithRowLockGivesFnTheLockedRow(t *testing.T) {
 	if err != nil || got != 101 || balance(t, db, 1) != 101 {
 		t.Fatalf("WithRowLock = %d, %v; balance %d; want 101", got, err, balance(t, db, 1))
 	}
-	if n := metricValue(t, reg, "coti_safesync_db_lock_acquire_latency_seconds", map[string]string{"strategy": "row"}); n != 1 {
+	if n := safesynctest.MetricValue(t, reg, "coti_safesync_db_lock_acquire_latency_seconds", map[string]string{"strategy": "row"}); n != 1 {
 		t.Fatalf("lock_acquire_latency_seconds{strategy=row} count = %v, want 1", n)
 	}
 }

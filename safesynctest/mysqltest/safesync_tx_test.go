@@ -1,4 +1,4 @@
-package safesync_test
+package mysqltest_test
 
 import (
 	"context"
@@ -10,13 +10,14 @@ import (
 	"testing"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/safesynctest"
 )
 
 var errBusiness = errors.New("insufficient funds")
 
 func TestWithTxCommitsWhenFnReturnsNil(t *testing.T) {
 	db := embeddedDB(t)
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	transfer := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (int64, error) {
 		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance - ? WHERE id = ?", 30, 1); err != nil {
 			return 0, err
@@ -34,14 +35,14 @@ func TestWithTxCommitsWhenFnReturnsNil(t *testing.T) {
 	if b1, b2 := balance(t, db, 1), balance(t, db, 2); b1 != 70 || b2 != 30 {
 		t.Fatalf("balances after commit = %d, %d; want 70, 30", b1, b2)
 	}
-	if n := metricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"label": "transfer", "outcome": "commit"}); n != 1 {
+	if n := safesynctest.MetricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"label": "transfer", "outcome": "commit"}); n != 1 {
 		t.Fatalf("transactions_total{transfer,commit} = %v, want 1", n)
 	}
 }
 
 func TestWithTxRollsBackWhenFnFails(t *testing.T) {
 	db := embeddedDB(t)
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	_, err := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (struct{}, error) {
 		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance - 500 WHERE id = 1"); err != nil {
 			return struct{}{}, err
@@ -54,7 +55,7 @@ func TestWithTxRollsBackWhenFnFails(t *testing.T) {
 	if b := balance(t, db, 1); b != 100 {
 		t.Fatalf("balance after rollback = %d, want 100", b)
 	}
-	if n := metricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"outcome": "rollback"}); n != 1 {
+	if n := safesynctest.MetricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"outcome": "rollback"}); n != 1 {
 		t.Fatalf("transactions_total{rollback} = %v, want 1", n)
 	}
 }
@@ -291,7 +292,7 @@ func TestWithTxPanicsOnNilArguments(t *testing.T) {
 
 func TestWriteMetricsCountEveryStatementWithItsOwnStatus(t *testing.T) {
 	db := embeddedDB(t)
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	_, err := safesync.WithTx(db, func(ctx context.Context, tx *safesync.Tx) (int, error) {
 		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = ?", 1); err != nil {
 			return 0, err
@@ -326,11 +327,11 @@ func TestWriteMetricsCountEveryStatementWithItsOwnStatus(t *testing.T) {
 		{map[string]string{}, 4},
 	}
 	for _, c := range checks {
-		if got := metricValue(t, reg, "coti_safesync_db_write_total", c.labels); got != c.want {
+		if got := safesynctest.MetricValue(t, reg, "coti_safesync_db_write_total", c.labels); got != c.want {
 			t.Errorf("db_write_total%v = %v, want %v", c.labels, got, c.want)
 		}
 	}
-	if got := metricValue(t, reg, "coti_safesync_db_write_latency_seconds", map[string]string{"table": "accounts"}); got != 3 {
+	if got := safesynctest.MetricValue(t, reg, "coti_safesync_db_write_latency_seconds", map[string]string{"table": "accounts"}); got != 3 {
 		t.Errorf("db_write_latency_seconds{table=accounts} observed %v statements, want 3", got)
 	}
 }

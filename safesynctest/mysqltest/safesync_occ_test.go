@@ -1,4 +1,4 @@
-package safesync_test
+package mysqltest_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/safesynctest"
 )
 
 type versionedAccount struct {
@@ -48,7 +49,7 @@ func TestOCCWritesTheChangedColumnsAndAdvancesTheVersion(t *testing.T) {
 
 func TestOCCOnAMovedVersionIsErrConflict(t *testing.T) {
 	db := occDB(t)
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	// A read that returns a stale version, as if another writer won.
 	stale := func(ctx context.Context, tx *safesync.Tx) (safesync.Versioned[versionedAccount], error) {
 		v, err := safesync.ReadVersioned[versionedAccount]("accounts", safesync.Key{"id": 1}, "version")(ctx, tx)
@@ -63,7 +64,7 @@ func TestOCCOnAMovedVersionIsErrConflict(t *testing.T) {
 	if balance(t, db, 1) != 100 {
 		t.Fatal("a conflicting update changed the row")
 	}
-	if n := metricValue(t, reg, "coti_safesync_db_occ_conflicts_total", map[string]string{"table": "accounts"}); n != 1 {
+	if n := safesynctest.MetricValue(t, reg, "coti_safesync_db_occ_conflicts_total", map[string]string{"table": "accounts"}); n != 1 {
 		t.Fatalf("occ_conflicts_total{accounts} = %v, want 1", n)
 	}
 }

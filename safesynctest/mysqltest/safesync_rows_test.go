@@ -1,4 +1,4 @@
-package safesync_test
+package mysqltest_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package safesync_test
+package mysqltest_test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
+	"github.com/safesync-go/safesync/safesynctest/mysqltest"
 )
 
 type order struct {
@@ -35,8 +36,8 @@ type pipelineEnv struct {
 
 func newPipelineEnv(t *testing.T) *pipelineEnv {
 	t.Helper()
-	e := &pipelineEnv{db: safesynctest.NewMySQL(t), rdb: safesynctest.NewRedis(t)}
-	e.metrics, e.reg = newTestMetrics(t)
+	e := &pipelineEnv{db: mysqltest.New(t), rdb: safesynctest.NewRedis(t)}
+	e.metrics, e.reg = safesynctest.NewMetrics(t)
 	mustExec(t, e.db, "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, version BIGINT NOT NULL DEFAULT 0)")
 	mustExec(t, e.db, "INSERT INTO accounts (id, balance) VALUES (1, 0), (2, 0), (3, 0)")
 	if err := safesync.CreateDedupeTable(context.Background(), e.db, "applied"); err != nil {
@@ -181,7 +182,7 @@ func TestPipelinePanicRollsBackLeavesPendingAndIsCounted(t *testing.T) {
 	}
 	p := safesync.Stream(safesync.JSON[order]()).Handle(handler).AckAfter(safesync.Commit(e.db))
 	e.run(t, p, func() bool {
-		return panicked.Load() && metricValue(t, e.reg, "coti_safesync_queue_handler_panics_total", nil) >= 1
+		return panicked.Load() && safesynctest.MetricValue(t, e.reg, "coti_safesync_queue_handler_panics_total", nil) >= 1
 	})
 	if got := e.balances(t); !slices.Equal(got, []int64{5, 0, 0}) {
 		t.Fatalf("balances = %v, want [5 0 0]: the panicking entry rolled back", got)
@@ -232,7 +233,7 @@ func TestPipelineBatchSetsAsideTheFailingEntryAndCommitsTheRestTogether(t *testi
 		}
 		return applyOrder(ctx, tx, msg)
 	}
-	m, reg := newTestMetrics(t)
+	m, reg := safesynctest.NewMetrics(t)
 	p := safesync.Stream(safesync.JSON[order]()).Handle(handler).
 		AckAfter(safesync.Commit(e.db, safesync.WithMetrics(m), safesync.Label("batch"))).Batch(10)
 	e.cfg.Count = 10
@@ -253,7 +254,7 @@ func TestPipelineBatchSetsAsideTheFailingEntryAndCommitsTheRestTogether(t *testi
 	// The eight good entries committed in one transaction: the first try
 	// of ten and the retry of nine rolled back, and each set-aside entry
 	// ran alone.
-	if c := metricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"label": "batch", "outcome": "commit"}); c != 1 {
+	if c := safesynctest.MetricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"label": "batch", "outcome": "commit"}); c != 1 {
 		t.Fatalf("commits = %v, want 1", c)
 	}
 }
@@ -277,13 +278,13 @@ func TestPipelineRetryRerunsTheWholeTransaction(t *testing.T) {
 	if got := e.balances(t); !slices.Equal(got, []int64{5, 0, 0}) || attempts.Load() != 3 {
 		t.Fatalf("balances = %v after %d attempts, want [5 0 0] after 3", got, attempts.Load())
 	}
-	if r := metricValue(t, e.reg, "coti_safesync_db_retries_total", map[string]string{"reason": "conflict"}); r != 2 {
+	if r := safesynctest.MetricValue(t, e.reg, "coti_safesync_db_retries_total", map[string]string{"reason": "conflict"}); r != 2 {
 		t.Fatalf("retries = %v, want 2", r)
 	}
 }
 
 func TestPipelineConstructionRefusesMisuse(t *testing.T) {
-	db := safesynctest.NewMySQL(t)
+	db := mysqltest.New(t)
 	valid := safesync.Stream(safesync.JSON[order]()).Handle(applyOrder)
 	for name, build := range map[string]func(){
 		"nil decoder":    func() { safesync.Stream[order](nil) },
