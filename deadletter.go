@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -26,13 +27,20 @@ const (
 
 // Fields a dead-letter entry carries besides the original entry's fields.
 const (
-	DeadLetterFieldStream     = "dead_letter.stream"     // stream the entry came from
-	DeadLetterFieldGroup      = "dead_letter.group"      // group that gave up on it
-	DeadLetterFieldID         = "dead_letter.id"         // its id in that stream
-	DeadLetterFieldReason     = "dead_letter.reason"     // one of the DeadLetter reasons, or the caller's
-	DeadLetterFieldDeliveries = "dead_letter.deliveries" // delivery count when it was moved
-	DeadLetterFieldError      = "dead_letter.error"      // the failure's text, when there was one
+	DeadLetterFieldStream     = "dead_letter.stream"           // stream the entry came from
+	DeadLetterFieldGroup      = "dead_letter.group"            // group that gave up on it
+	DeadLetterFieldID         = "dead_letter.id"               // its id in that stream
+	DeadLetterFieldReason     = "dead_letter.reason"           // one of the DeadLetter reasons, or the caller's
+	DeadLetterFieldDeliveries = "dead_letter.deliveries"       // Redis' delivery count when it was moved
+	DeadLetterFieldError      = "dead_letter.error"            // the last failure's text, when there was one
+	DeadLetterFieldConsumer   = "dead_letter.consumer"         // consumer that moved it
+	DeadLetterFieldFailures   = "dead_letter.failures"         // how many times it failed for its own reasons
+	DeadLetterFieldFirstFail  = "dead_letter.first_failure_at" // when it first failed, RFC 3339 UTC
+	DeadLetterFieldLastFail   = "dead_letter.last_failure_at"  // when it last failed, RFC 3339 UTC
 )
+
+// DeadLetterTimeFormat is the format of the dead-letter time fields.
+const DeadLetterTimeFormat = time.RFC3339Nano
 
 // maxDeadLetterErrorLen bounds the error text stored with a dead letter.
 const maxDeadLetterErrorLen = 1024
@@ -74,8 +82,12 @@ type DeadLetterEntry struct {
 	Group      string            // group that moved it
 	OriginalID string            // its id in Stream
 	Reason     string            // why it was moved
-	Deliveries int64             // its delivery count then
-	Error      string            // the failure's text, if any
+	Deliveries int64             // Redis' delivery count then
+	Error      string            // the last failure's text, if any
+	Consumer   string            // consumer that moved it, if recorded
+	Failures   int64             // how many times it failed for its own reasons, if recorded
+	FirstFail  time.Time         // when it first failed, if recorded
+	LastFail   time.Time         // when it last failed, if recorded
 	Fields     map[string]string // the original entry's fields
 }
 
@@ -97,6 +109,14 @@ func ParseDeadLetter(id string, fields map[string]string) DeadLetterEntry {
 			e.Deliveries, _ = strconv.ParseInt(v, 10, 64)
 		case DeadLetterFieldError:
 			e.Error = v
+		case DeadLetterFieldConsumer:
+			e.Consumer = v
+		case DeadLetterFieldFailures:
+			e.Failures, _ = strconv.ParseInt(v, 10, 64)
+		case DeadLetterFieldFirstFail:
+			e.FirstFail, _ = time.Parse(DeadLetterTimeFormat, v)
+		case DeadLetterFieldLastFail:
+			e.LastFail, _ = time.Parse(DeadLetterTimeFormat, v)
 		default:
 			e.Fields[k] = v
 		}
