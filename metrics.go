@@ -81,6 +81,9 @@ type Metrics struct {
 	partAck        *prometheus.CounterVec
 	partPending    *prometheus.GaugeVec
 
+	// Outbox relays (outbox_metrics.go).
+	outbox *outboxCollectors
+
 	allow     map[string]bool
 	maxTables int
 	mu        sync.Mutex
@@ -174,6 +177,9 @@ func NewMetrics(opts MetricsOptions) (*Metrics, error) {
 	m.partRead = counter("queue", "partition_messages_read_total", "Entries of a partitioned stream delivered to this process, by logical stream and partition index.", "stream", "partition")
 	m.partAck = counter("queue", "partition_messages_ack_total", "Entries of a partitioned stream acknowledged, by logical stream and partition index.", "stream", "partition")
 	m.partPending = gauge("queue", "partition_pending_entries", "Entries of a partitioned stream delivered to the group but not acknowledged, by logical stream, group and partition index.", "stream", "group", "partition")
+
+	// Outbox relays (outbox_metrics.go).
+	m.outbox = newOutboxCollectors(counter, histogram, gauge)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
