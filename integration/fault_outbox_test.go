@@ -336,9 +336,9 @@ func (f *outboxFault) consume() (stop func() error) {
 }
 
 // run is the scenario: writers, relays and the downstream pipeline, with
-// relay SIGKILLs and MySQL connection kills throughout; restartRedis, when
-// not nil, is called twice while the writers run.
-func (f *outboxFault) run(restartRedis func()) {
+// relay SIGKILLs and MySQL connection kills throughout, and outage (the
+// relays' MySQL or Redis gone for a while) twice while the writers run.
+func (f *outboxFault) run(what string, outage func()) {
 	t := f.t
 	ctx := context.Background()
 	stopConsumer := f.consume()
@@ -373,7 +373,8 @@ func (f *outboxFault) run(restartRedis func()) {
 
 	side := sideConn(t)
 	start := time.Now()
-	kills, connKills, redisRestarts := 0, 0, 0
+	kills, connKills := 0, 0
+	var waiting []int64 // rows in the outbox at the end of each outage
 	nextKill := time.Now().Add(time.Second)
 	for writing() {
 		time.Sleep(time.Duration(50+mathrand.IntN(150)) * time.Millisecond)
@@ -389,9 +390,9 @@ func (f *outboxFault) run(restartRedis func()) {
 			kills++
 			nextKill = time.Now().Add(time.Duration(700+mathrand.IntN(900)) * time.Millisecond)
 		}
-		if restartRedis != nil && redisRestarts < 2 && time.Since(start) > time.Duration(5+7*redisRestarts)*time.Second {
-			restartRedis()
-			redisRestarts++
+		if len(waiting) < 2 && time.Since(start) > time.Duration(5+10*len(waiting))*time.Second {
+			outage()
+			waiting = append(waiting, countRows(t, f.root, f.outbox))
 		}
 	}
 	writeTime := time.Since(start)
@@ -409,8 +410,8 @@ func (f *outboxFault) run(restartRedis func()) {
 		kills++
 		time.Sleep(200 * time.Millisecond)
 	}
-	if restartRedis != nil && redisRestarts < 2 {
-		t.Fatalf("only %d Redis restarts during the writes (%v)", redisRestarts, writeTime)
+	if len(waiting) < 2 {
+		t.Fatalf("only %d %s during the writes (%v)", len(waiting), what, writeTime)
 	}
 	if err := pollUntil(3*time.Minute, "every committed event applied", func() (bool, error) {
 		n, err := safesync.Get[int64](ctx, f.root, "SELECT COUNT(*) FROM `"+f.effects+"`")
@@ -443,8 +444,8 @@ func (f *outboxFault) run(restartRedis func()) {
 	}
 	entries := f.check(committed, rolledBack)
 
-	t.Logf("%d events committed, %d rolled back; %d stream entries (%d added again after a relay stopped between XADD and delete); written in %v, all applied after %v; %d relay SIGKILLs, %d relay MySQL connections killed, %d Redis restarts",
-		committed, len(rolledBack), entries, entries-committed, writeTime.Round(time.Millisecond), drained.Round(time.Millisecond), kills, connKills, redisRestarts)
+	t.Logf("%d events committed, %d rolled back; %d stream entries (%d added again after a relay stopped between XADD and delete); written in %v, all applied after %v; %d relay SIGKILLs, %d relay MySQL connections killed; rows waiting in the outbox at the end of each of the %s: %v",
+		committed, len(rolledBack), entries, entries-committed, writeTime.Round(time.Millisecond), drained.Round(time.Millisecond), kills, connKills, what, waiting)
 	if committed != outboxFaultWriters*outboxFaultPerWriter {
 		t.Errorf("%d events committed, want %d", committed, outboxFaultWriters*outboxFaultPerWriter)
 	}
@@ -453,6 +454,11 @@ func (f *outboxFault) run(restartRedis func()) {
 	}
 	if kills < outboxFaultKills || connKills < 20 {
 		t.Errorf("%d SIGKILLs and %d connection kills; want at least %d and 20", kills, connKills, outboxFaultKills)
+	}
+	for _, n := range waiting {
+		if n < 100 {
+			t.Errorf("only %d rows waited in the outbox at the end of an outage (%v): the relays did not stop relaying", n, waiting)
+		}
 	}
 	if entries == committed {
 		t.Errorf("no event was added twice: no relay stopped between XADD and delete, so Once was not put to the test")
@@ -575,20 +581,36 @@ func (f *outboxFault) check(committed int, rolledBack []string) int {
 // processes are SIGKILLed (the leader two times in three) and restarted
 // at least twelve times and their MySQL connections are killed every
 // 50–200 ms; each relay pauses 3 ms between a batch's XADD and the delete
-// of its rows, so that kills land there too.
+// of its rows, so that kills land there too. Twice, MySQL is gone for the
+// relays for two seconds: their account is locked and every connection
+// of theirs killed, so that they cannot connect, while the writers go on.
 func TestFaultOutboxRelayKillsDeliverEveryCommittedEventOnceInOrder(t *testing.T) {
 	rdb := openRedis(t)
 	f := newOutboxFault(t, rdb, redisAddr(t))
-	f.run(nil)
+	side := sideConn(t)
+	ctx := context.Background()
+	account := fmt.Sprintf("'%s'@'%%'", f.user)
+	f.run("MySQL outages", func() {
+		if _, err := side.ExecContext(ctx, "ALTER USER "+account+" ACCOUNT LOCK"); err != nil {
+			t.Fatal(err)
+		}
+		for f.killConnection(ctx, side) {
+		}
+		time.Sleep(2 * time.Second)
+		if _, err := side.ExecContext(ctx, "ALTER USER "+account+" ACCOUNT UNLOCK"); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // The same, with the relays' and the pipeline's Redis server stopped and
-// started again twice while the writers run.
+// started again twice while the writers run (instead of the MySQL
+// outages).
 func TestFaultOutboxRedisRestartsDeliverEveryCommittedEventOnceInOrder(t *testing.T) {
 	server := startPrivateRedis(t)
 	rdb := server.client()
 	f := newOutboxFault(t, rdb, server.addr)
-	f.run(func() {
+	f.run("Redis restarts", func() {
 		server.stop()
 		time.Sleep(time.Second) // the relays and the pipeline meet a dead server
 		server.start()
