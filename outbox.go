@@ -250,29 +250,20 @@ func packOutboxFields(fields map[string]string) (data, extra any, err error) {
 	return data, buf, nil
 }
 
-// unpackOutboxFields adds the fields packed by packOutboxFields to fields.
-func unpackOutboxFields(buf []byte, fields map[string]string) error {
-	next := func() (string, error) {
-		n, size := binary.Uvarint(buf)
-		if size <= 0 || n > uint64(len(buf)-size) {
-			return "", errors.New("malformed fields column")
-		}
-		s := string(buf[size : size+int(n)])
-		buf = buf[size+int(n):]
-		return s, nil
-	}
+// appendPackedFields appends the fields packed by packOutboxFields to
+// pairs, each name followed by its value, in name order.
+func appendPackedFields(pairs []string, buf []byte) ([]string, error) {
 	for len(buf) > 0 {
-		name, err := next()
-		if err != nil {
-			return err
+		for range 2 { // the name, then the value
+			n, size := binary.Uvarint(buf)
+			if size <= 0 || n > uint64(len(buf)-size) {
+				return nil, errors.New("malformed fields column")
+			}
+			pairs = append(pairs, string(buf[size:size+int(n)]))
+			buf = buf[size+int(n):]
 		}
-		value, err := next()
-		if err != nil {
-			return err
-		}
-		fields[name] = value
 	}
-	return nil
+	return pairs, nil
 }
 
 // relayWakers holds, per outbox table, the wake channels of the relays

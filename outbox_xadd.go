@@ -3,7 +3,6 @@ package safesync
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -19,20 +18,15 @@ import (
 const relayScript = `local maxlen = ARGV[1]
 local ids = {}
 local i = 2
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local cmd = {'XADD', KEYS[1]}
-  if maxlen ~= '0' then
-    cmd[#cmd + 1] = 'MAXLEN'
-    cmd[#cmd + 1] = '~'
-    cmd[#cmd + 1] = maxlen
+local n = #ARGV
+while i <= n do
+  local last = i + 2 * tonumber(ARGV[i])
+  if maxlen == '0' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, last))
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 1, last))
   end
-  cmd[#cmd + 1] = '*'
-  for j = i + 1, i + 2 * n do
-    cmd[#cmd + 1] = ARGV[j]
-  end
-  ids[#ids + 1] = redis.call(unpack(cmd))
-  i = i + 2 * n + 1
+  i = last + 1
 end
 return ids`
 
@@ -102,54 +96,57 @@ func (r *Relay) addCommand(o *streamOutcome) (rueidis.Completed, error) {
 		return rueidis.Completed{}, fmt.Errorf("row %d names no stream", o.rows[0].id)
 	}
 	if len(o.rows) == 1 {
-		names, fields, err := r.entryFields(o.rows[0])
+		pairs, err := r.appendEntry(nil, o.rows[0])
 		if err != nil {
 			return rueidis.Completed{}, err
 		}
 		key := r.client.B().Xadd().Key(o.stream)
 		if r.cfg.MaxLen > 0 {
-			return withFields(key.Maxlen().Almost().Threshold(strconv.FormatInt(r.cfg.MaxLen, 10)).Id("*").FieldValue(), names, fields), nil
+			return withPairs(key.Maxlen().Almost().Threshold(strconv.FormatInt(r.cfg.MaxLen, 10)).Id("*").FieldValue(), pairs), nil
 		}
-		return withFields(key.Id("*").FieldValue(), names, fields), nil
+		return withPairs(key.Id("*").FieldValue(), pairs), nil
 	}
-	args := []string{strconv.FormatInt(r.cfg.MaxLen, 10)}
+	args := make([]string, 1, 1+len(o.rows)*8)
+	args[0] = strconv.FormatInt(r.cfg.MaxLen, 10)
 	for _, row := range o.rows {
-		names, fields, err := r.entryFields(row)
-		if err != nil {
+		count := len(args)
+		args = append(args, "")
+		var err error
+		if args, err = r.appendEntry(args, row); err != nil {
 			return rueidis.Completed{}, err
 		}
-		args = append(args, strconv.Itoa(len(names)))
-		for _, n := range names {
-			args = append(args, n, fields[n])
-		}
+		args[count] = strconv.Itoa((len(args) - count - 1) / 2)
 	}
 	return r.client.B().Eval().Script(relayScript).Numkeys(1).Key(o.stream).Arg(args...).Build(), nil
 }
 
-// entryFields returns the fields of row's entry and their names in sorted
-// order: the data column as "data", the packed fields, and, unless
-// PlainEntries, the origin fields.
-func (r *Relay) entryFields(row relayRow) ([]string, map[string]string, error) {
-	fields := map[string]string{}
-	if row.data.Valid {
-		fields[DataField] = row.data.String
+// withPairs appends the fields and values in pairs and builds.
+func withPairs[B fieldAdder[B]](b B, pairs []string) rueidis.Completed {
+	for i := 0; i < len(pairs); i += 2 {
+		b = b.FieldValue(pairs[i], pairs[i+1])
 	}
-	if err := unpackOutboxFields(row.fields, fields); err != nil {
-		return nil, nil, fmt.Errorf("row %d: %w", row.id, err)
+	return b.Build()
+}
+
+// appendEntry appends the fields of row's entry to pairs, each name
+// followed by its value: the data column as "data", the packed fields
+// (in name order), and, unless PlainEntries, the origin fields.
+func (r *Relay) appendEntry(pairs []string, row relayRow) ([]string, error) {
+	start := len(pairs)
+	if row.data.Valid {
+		pairs = append(pairs, DataField, row.data.String)
+	}
+	pairs, err := appendPackedFields(pairs, row.fields)
+	if err != nil {
+		return nil, fmt.Errorf("row %d: %w", row.id, err)
 	}
 	if !r.cfg.PlainEntries {
-		fields[OriginFieldStream] = r.cfg.Origin
-		fields[OriginFieldID] = originID(row)
+		pairs = append(pairs, OriginFieldStream, r.cfg.Origin, OriginFieldID, originID(row))
 	}
-	if len(fields) == 0 {
-		return nil, nil, fmt.Errorf("row %d has no field", row.id)
+	if len(pairs) == start {
+		return nil, fmt.Errorf("row %d has no field", row.id)
 	}
-	names := make([]string, 0, len(fields))
-	for n := range fields {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names, fields, nil
+	return pairs, nil
 }
 
 // originID is the origin id of a row's entry: its id and nonce, so that a

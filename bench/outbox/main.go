@@ -35,6 +35,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,6 +68,7 @@ var (
 	rates     = flag.String("rates", "2,20,200", "commits per second of the latency runs, comma-separated")
 	only      = flag.String("only", "", "run only the parts and contenders whose names match this regular expression")
 	out       = flag.String("json", "", "also write every sample to this file, as JSON")
+	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the throughput runs to this file")
 
 	// The polling-only relay runs in a child process started with these.
 	relayOnly = flag.String("relay-only", "", "internal: run only a relay of this table until stdin closes")
@@ -120,6 +122,15 @@ func main() {
 	run := results.Run{Benchmark: "outbox", Params: map[string]string{
 		"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "batch": strconv.Itoa(*batch),
 	}}
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+	}
 	for rep := 0; rep < *reps && len(contenders) > 0; rep++ {
 		for i := range contenders {
 			c := contenders[(i+rep)%len(contenders)]
@@ -130,6 +141,9 @@ func main() {
 			run.Add(c.name, rep+1, *n, elapsed, allocs, bytes)
 			fmt.Fprintf(os.Stderr, "rep %d  %-34s %8.0f ms  %8.0f events/s\n", rep+1, c.name, ms(elapsed), float64(*n)/elapsed.Seconds())
 		}
+	}
+	if *cpuprof != "" {
+		pprof.StopCPUProfile()
 	}
 	if len(contenders) > 0 {
 		report(contenders, &run)
