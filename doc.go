@@ -103,6 +103,25 @@
 //		Batch(100).
 //		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: host})
 //
+// # Outbox: from the database into a stream
+//
+// OutboxWriter.Publish, called inside any transaction, writes events as
+// rows of an outbox table: they exist if and only if the transaction
+// commits. A Relay, run in as many processes as you like (one leads, by
+// an advisory lock held on a connection of its own; the others take over
+// within milliseconds when it dies), adds the committed rows to their
+// streams in id order per stream and deletes them. Each entry carries its
+// origin (the outbox and the row), so that a Pipeline with Once applies
+// it once even when a crash made the relay add it twice: MySQL → stream →
+// MySQL is one exactly-once loop.
+//
+//	balances := safesync.ToOutbox[BalanceChanged]("safesync_outbox", "balances")
+//	// inside a TxFunc, after the change it describes:
+//	err := balances.Publish(ctx, tx, BalanceChanged{Account: id, Balance: b})
+//
+//	relay, err := safesync.NewRelay(db, rdb, safesync.RelayConfig{Table: "safesync_outbox"})
+//	err = relay.Run(ctx)
+//
 // # Metrics
 //
 // Metrics keeps the original framework's metric names

@@ -59,7 +59,9 @@ type RelayConfig struct {
 	// removes).
 	MaxLen int64
 	// KeepRelayed marks relayed rows (relayed_at) instead of deleting them,
-	// for audit or replay; PruneOutbox deletes them later.
+	// for audit or replay; PruneOutbox deletes them later. Every relay of
+	// an outbox must be configured alike: a relay that deletes reads the
+	// table by primary key, through any marked rows still kept.
 	KeepRelayed bool
 
 	// Origin names the outbox in the origin fields of the entries it adds
@@ -198,10 +200,11 @@ type RelayedEvent struct {
 // # Each batch
 //
 // The leader reads up to BatchSize unrelayed rows in id order, adds them
-// to their streams in one pipelined round trip to Redis (the rows of one
-// stream in one command: an XADD, or a script of XADDs that runs
-// atomically, so a stream gets all of a batch's rows for it in id order or
-// none), then deletes the rows (or marks them, with KeepRelayed). It is
+// to their streams in one pipelined round trip to Redis (one per slot on
+// Redis Cluster, sent in parallel), the rows of one stream as one XADD or
+// as XADDs inside MULTI/EXEC, so that a stream gets all of a batch's rows
+// for it, in id order, or none; then it deletes the rows (or marks them,
+// with KeepRelayed). It is
 // woken within milliseconds by a commit in the same process that published
 // to the table (OutboxWriter.Publish registers an after-commit hook), and
 // otherwise polls, from PollMin doubling to PollMax while it finds nothing.

@@ -2,33 +2,14 @@ package safesync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
 )
-
-// relayScript adds several entries to one stream atomically, in order:
-// KEYS[1] is the stream, ARGV[1] the approximate MAXLEN ("0" for none),
-// then for each entry its field count followed by its fields and values.
-// It returns the new entries' ids. Redis runs a script without
-// interleaving other commands, so a stream gets all of a batch's entries
-// for it, in order, or (when Redis fails before running it) none.
-const relayScript = `local maxlen = ARGV[1]
-local ids = {}
-local i = 2
-local n = #ARGV
-while i <= n do
-  local last = i + 2 * tonumber(ARGV[i])
-  if maxlen == '0' then
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, last))
-  else
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 1, last))
-  end
-  i = last + 1
-end
-return ids`
 
 // streamOutcome is what became of one stream's rows of a batch.
 type streamOutcome struct {
@@ -37,12 +18,26 @@ type streamOutcome struct {
 	ids       []string   // the entries' ids, when added
 	err       error
 	decodeErr bool // err is a row that cannot be made into an entry
+
+	first, n int // where the stream's commands are in its pipeline
 }
 
-// addToStreams adds rows (in id order) to their streams in one pipelined
-// round trip: one command per stream, an XADD for a single row and
-// relayScript for several. It records the relay latency of each row added;
-// readAt is when the rows were read.
+// relayCommandTimeout bounds one batch's round trip to Redis.
+const relayCommandTimeout = 30 * time.Second
+
+// maxParallelSlots bounds the pipelines a batch sends at once on Redis
+// Cluster, one per slot.
+const maxParallelSlots = 16
+
+// addToStreams adds rows (in id order) to their streams. A stream with one
+// row gets an XADD; a stream with several gets its XADDs inside MULTI and
+// EXEC, so that it gets all of them, in order, or none (Redis runs a
+// transaction without interleaving other commands, and refuses the whole
+// of it when it rejects a command as it is queued, under maxmemory for
+// one). Everything goes in one pipelined round trip; on Redis Cluster one
+// per slot, sent in parallel, since a transaction stays within a slot. It
+// records the relay latency of each row added; readAt is when the rows
+// were read.
 func (r *Relay) addToStreams(ctx context.Context, rows []relayRow, readAt time.Time) []*streamOutcome {
 	var outcomes []*streamOutcome
 	byStream := map[string]*streamOutcome{}
@@ -56,68 +51,140 @@ func (r *Relay) addToStreams(ctx context.Context, rows []relayRow, readAt time.T
 		o.rows = append(o.rows, row)
 	}
 
-	cmds := make(rueidis.Commands, 0, len(outcomes))
-	sent := make([]*streamOutcome, 0, len(outcomes))
+	// One pipeline, or one per slot on a cluster.
+	var pipelines []*relayPipeline
+	bySlot := map[uint16]*relayPipeline{}
+	cluster := r.client.Mode() == rueidis.ClientModeCluster
 	for _, o := range outcomes {
-		cmd, err := r.addCommand(o)
-		if err != nil {
-			o.err, o.decodeErr = err, true
+		if o.stream == "" {
+			o.err, o.decodeErr = fmt.Errorf("row %d names no stream", o.rows[0].id), true
 			continue
 		}
-		cmds = append(cmds, cmd)
-		sent = append(sent, o)
+		var slot uint16
+		if cluster {
+			slot = KeySlot(o.stream)
+		}
+		p := bySlot[slot]
+		if p == nil {
+			p = &relayPipeline{}
+			bySlot[slot] = p
+			pipelines = append(pipelines, p)
+		}
+		if err := r.appendCommands(p, o); err != nil {
+			o.err, o.decodeErr = err, true
+		}
 	}
-	if len(cmds) == 0 {
-		return outcomes
-	}
+
 	cmdCtx, cancel := context.WithTimeout(ctx, relayCommandTimeout)
 	defer cancel()
-	results := r.client.DoMulti(cmdCtx, cmds...)
-	replied := time.Now()
-	for i, o := range sent {
-		o.ids, o.err = entryIDs(results[i], len(o.rows))
-		if o.err != nil {
-			o.err = fmt.Errorf("add %d entries to %q: %w", len(o.rows), o.stream, o.err)
-			continue
+	if len(pipelines) == 1 {
+		pipelines[0].send(cmdCtx, r.client)
+	} else {
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, maxParallelSlots)
+		for _, p := range pipelines {
+			wg.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer wg.Done()
+				p.send(cmdCtx, r.client)
+				<-slots
+			}()
 		}
-		for _, row := range o.rows {
-			r.metrics.observeLatency(row.age + replied.Sub(readAt))
+		wg.Wait()
+	}
+	for _, p := range pipelines {
+		for _, o := range p.outcomes {
+			o.ids, o.err = entryIDs(p.results[o.first:o.first+o.n], len(o.rows))
+			if o.err != nil {
+				o.err = fmt.Errorf("add %d entries to %q: %w", len(o.rows), o.stream, o.err)
+				continue
+			}
+			for _, row := range o.rows {
+				r.metrics.observeLatency(row.age + p.replied.Sub(readAt))
+			}
 		}
 	}
 	return outcomes
 }
 
-// relayCommandTimeout bounds one batch's round trip to Redis.
-const relayCommandTimeout = 30 * time.Second
+// relayPipeline is the commands of a batch sent in one round trip, and
+// their replies.
+type relayPipeline struct {
+	cmds     rueidis.Commands
+	outcomes []*streamOutcome
+	results  []rueidis.RedisResult
+	replied  time.Time
+}
 
-// addCommand builds the command that adds o's rows to o's stream.
-func (r *Relay) addCommand(o *streamOutcome) (rueidis.Completed, error) {
-	if o.stream == "" {
-		return rueidis.Completed{}, fmt.Errorf("row %d names no stream", o.rows[0].id)
+func (p *relayPipeline) send(ctx context.Context, client rueidis.Client) {
+	if len(p.cmds) > 0 {
+		p.results = client.DoMulti(ctx, p.cmds...)
 	}
-	if len(o.rows) == 1 {
-		pairs, err := r.appendEntry(nil, o.rows[0])
-		if err != nil {
-			return rueidis.Completed{}, err
+	p.replied = time.Now()
+}
+
+// appendCommands appends to p the commands that add o's rows to o's
+// stream: an XADD for one row, MULTI, an XADD per row and EXEC for
+// several.
+func (r *Relay) appendCommands(p *relayPipeline, o *streamOutcome) error {
+	cmds := make(rueidis.Commands, 0, len(o.rows)+2)
+	if len(o.rows) > 1 {
+		cmds = append(cmds, r.client.B().Multi().Build())
+	}
+	var pairs []string
+	for _, row := range o.rows {
+		var err error
+		if pairs, err = r.appendEntry(pairs[:0], row); err != nil {
+			return err // the commands built so far are dropped unsent
 		}
 		key := r.client.B().Xadd().Key(o.stream)
 		if r.cfg.MaxLen > 0 {
-			return withPairs(key.Maxlen().Almost().Threshold(strconv.FormatInt(r.cfg.MaxLen, 10)).Id("*").FieldValue(), pairs), nil
+			cmds = append(cmds, withPairs(key.Maxlen().Almost().Threshold(strconv.FormatInt(r.cfg.MaxLen, 10)).Id("*").FieldValue(), pairs))
+		} else {
+			cmds = append(cmds, withPairs(key.Id("*").FieldValue(), pairs))
 		}
-		return withPairs(key.Id("*").FieldValue(), pairs), nil
 	}
-	args := make([]string, 1, 1+len(o.rows)*8)
-	args[0] = strconv.FormatInt(r.cfg.MaxLen, 10)
-	for _, row := range o.rows {
-		count := len(args)
-		args = append(args, "")
-		var err error
-		if args, err = r.appendEntry(args, row); err != nil {
-			return rueidis.Completed{}, err
+	if len(o.rows) > 1 {
+		cmds = append(cmds, r.client.B().Exec().Build())
+	}
+	o.first, o.n = len(p.cmds), len(cmds)
+	p.cmds = append(p.cmds, cmds...)
+	p.outcomes = append(p.outcomes, o)
+	return nil
+}
+
+// entryIDs reads the ids of n entries from the replies to an XADD (n = 1)
+// or to MULTI, n XADDs and EXEC.
+func entryIDs(res []rueidis.RedisResult, n int) ([]string, error) {
+	if n == 1 {
+		id, err := res[0].ToString()
+		if err != nil {
+			return nil, err
 		}
-		args[count] = strconv.Itoa((len(args) - count - 1) / 2)
+		return []string{id}, nil
 	}
-	return r.client.B().Eval().Script(relayScript).Numkeys(1).Key(o.stream).Arg(args...).Build(), nil
+	for _, q := range res[:len(res)-1] { // MULTI's OK and the QUEUEDs
+		if err := q.Error(); err != nil {
+			return nil, err // the transaction is discarded
+		}
+	}
+	replies, err := res[len(res)-1].ToArray()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return nil, errors.New("the transaction was aborted")
+	case err != nil:
+		return nil, err
+	case len(replies) != n:
+		return nil, fmt.Errorf("EXEC returned %d replies, want %d", len(replies), n)
+	}
+	ids := make([]string, n)
+	for i, rep := range replies {
+		if ids[i], err = rep.ToString(); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
 }
 
 // withPairs appends the fields and values in pairs and builds.
@@ -154,24 +221,4 @@ func (r *Relay) appendEntry(pairs []string, row relayRow) ([]string, error) {
 // a consumer's exactly-once table.
 func originID(row relayRow) string {
 	return strconv.FormatInt(row.id, 10) + "." + strconv.FormatInt(row.nonce, 16)
-}
-
-// entryIDs reads the ids of n entries from the reply of an XADD (n = 1) or
-// of relayScript.
-func entryIDs(res rueidis.RedisResult, n int) ([]string, error) {
-	if n == 1 {
-		id, err := res.ToString()
-		if err != nil {
-			return nil, err
-		}
-		return []string{id}, nil
-	}
-	ids, err := res.AsStrSlice()
-	if err != nil {
-		return nil, err
-	}
-	if len(ids) != n {
-		return nil, fmt.Errorf("the script added %d entries, want %d", len(ids), n)
-	}
-	return ids, nil
 }
