@@ -48,7 +48,7 @@ func applyOrder(ctx context.Context, tx *safesync.Tx, msg safesync.Message[Order
 }
 
 // main is the README's worker main ("A worker's main"); it is compiled,
-// not run.
+// not run (TestWorkerMainCompiles refers to it).
 func main() {
 	// SIGTERM (docker stop, Kubernetes) and Ctrl-C cancel ctx: Run stops
 	// reading, lets in-flight transactions commit and acknowledge within
@@ -107,6 +107,8 @@ func TestApplyOrder(t *testing.T) {
 		t.Fatalf("balance %d, %v", balance, err)
 	}
 }
+
+func TestWorkerMainCompiles(t *testing.T) { _ = main }
 
 // Every function in a Go block of the README that this file also defines
 // must read here exactly as there, so that what the README shows is what
