@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,7 +72,19 @@ type command struct {
 	run      func(ctx context.Context, a *app, x *ops.Ops, g globals, o *options) error
 }
 
+// commands are the subcommands, registered by the files that implement
+// them; help lists them in the order of commandOrder.
 var commands []*command
+
+var commandOrder = []string{"streams", "pending", "dead list", "dead show", "dead replay", "dead purge"}
+
+// ordered returns the commands in commandOrder.
+func ordered() []*command {
+	rank := func(c *command) int { return slices.Index(commandOrder, c.name) }
+	out := slices.Clone(commands)
+	slices.SortStableFunc(out, func(a, b *command) int { return rank(a) - rank(b) })
+	return out
+}
 
 func findCommand(name string) *command {
 	for _, c := range commands {
@@ -180,7 +193,7 @@ Usage:
 
 Commands:
 `)
-	for _, c := range commands {
+	for _, c := range ordered() {
 		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
@@ -199,7 +212,7 @@ it again is safe); 2 bad usage, or confirmation or a selection needed;
 // deadUsage prints the help of the dead command family.
 func (a *app) deadUsage(w io.Writer) {
 	fmt.Fprint(w, "Usage:\n  safesync dead list|show|replay|purge --stream STREAM [flags]\n\nCommands:\n")
-	for _, c := range commands {
+	for _, c := range ordered() {
 		if strings.HasPrefix(c.name, "dead ") {
 			fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 		}

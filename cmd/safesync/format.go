@@ -120,7 +120,9 @@ type table struct{ w *tabwriter.Writer }
 
 func newTable(w io.Writer, header ...string) *table {
 	t := &table{w: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
-	t.row(header...)
+	if len(header) > 0 {
+		t.row(header...)
+	}
 	return t
 }
 
@@ -140,10 +142,13 @@ func writeJSON(w io.Writer, v any) error {
 
 func itoa[T ~int | ~int64](n T) string { return strconv.FormatInt(int64(n), 10) }
 
-// plural returns "n thing" or "n things".
+// plural returns "n thing" or "n things" ("n entries" for entry).
 func plural[T ~int | ~int64](n T, thing string) string {
 	if n == 1 {
 		return "1 " + thing
+	}
+	if stem, ok := strings.CutSuffix(thing, "y"); ok {
+		return itoa(n) + " " + stem + "ies"
 	}
 	return itoa(n) + " " + thing + "s"
 }

@@ -112,7 +112,7 @@ func (a *app) run(ctx context.Context, args []string) int {
 			a.usage(a.stdout)
 			return exitOK
 		}
-		name, rest = rest[0], []string{"-h"}
+		return a.run(ctx, append(rest, "-h"))
 	}
 	if name == "dead" {
 		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" || rest[0] == "-help" {
@@ -135,7 +135,9 @@ func (a *app) run(ctx context.Context, args []string) int {
 func (a *app) fail(err error) int {
 	code := exitCode(err)
 	msg := err.Error()
-	if !strings.HasPrefix(msg, "safesync") {
+	if rest, ok := strings.CutPrefix(msg, "safesync/ops: "); ok {
+		msg = "safesync: " + rest
+	} else if !strings.HasPrefix(msg, "safesync") {
 		msg = "safesync: " + msg
 	}
 	fmt.Fprintln(a.stderr, msg)

@@ -112,7 +112,11 @@ func describeStream(ctx context.Context, a *app, x *ops.Ops, g globals, o *optio
 	} else {
 		fmt.Fprintf(w, "Stream %s: empty\n", info.Name)
 	}
-	fmt.Fprintf(w, "Dead letters: %d in %s\n", info.DeadLetters, strings.Join(info.DeadLetterStreams, ", "))
+	if len(info.Partitions) > 0 && len(info.DeadLetterStreams) == len(info.Partitions) {
+		fmt.Fprintf(w, "Dead letters: %d, in a dead-letter stream per partition\n", info.DeadLetters)
+	} else {
+		fmt.Fprintf(w, "Dead letters: %d in %s\n", info.DeadLetters, strings.Join(info.DeadLetterStreams, ", "))
+	}
 	if len(info.Groups) == 0 {
 		fmt.Fprintln(w, "\nNo consumer groups.")
 	} else {
@@ -158,7 +162,7 @@ func describeStream(ctx context.Context, a *app, x *ops.Ops, g globals, o *optio
 	}
 	if len(info.Partitions) > 0 {
 		fmt.Fprintln(w)
-		t := newTable(w, "PARTITION", "STREAM", "LENGTH", "FIRST", "LAST", "PENDING", "LAG")
+		t := newTable(w, "PARTITION", "STREAM", "LENGTH", "FIRST", "LAST", "PENDING", "LAG", "DEAD LETTERS")
 		for i, p := range info.Partitions {
 			var pending, lagSum int64
 			atLeast := false
@@ -167,7 +171,11 @@ func describeStream(ctx context.Context, a *app, x *ops.Ops, g globals, o *optio
 				lagSum += gr.Lag
 				atLeast = atLeast || gr.LagAtLeast
 			}
-			t.row(itoa(i), p.Name, itoa(p.Length), orDash(p.FirstID), orDash(p.LastID), itoa(pending), lag(lagSum, atLeast))
+			dead := "-"
+			if len(p.DeadLetterStreams) > 0 {
+				dead = itoa(p.DeadLetters)
+			}
+			t.row(itoa(i), p.Name, itoa(p.Length), orDash(p.FirstID), orDash(p.LastID), itoa(pending), lag(lagSum, atLeast), dead)
 		}
 		t.flush()
 	}
