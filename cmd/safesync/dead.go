@@ -227,10 +227,11 @@ func runDeadReplay(ctx context.Context, a *app, x *ops.Ops, g globals, o *option
 		fmt.Fprintln(a.stderr, "safesync: --strip-origin: the replayed entries carry no origin, so Once cannot recognise them: an entry replayed twice, or one whose effects had committed, is applied twice.")
 	}
 	entries := []ops.ReplayedEntry{}
-	res, err := x.Replay(ctx, tg, o.filter(a.now()), ops.ReplayOptions{
-		DryRun: o.dryRun, Rate: o.rate, StripOrigin: o.stripOrigin,
-		Each: func(e ops.ReplayedEntry) { entries = append(entries, e) },
-	})
+	opts := ops.ReplayOptions{DryRun: o.dryRun, Rate: o.rate, StripOrigin: o.stripOrigin}
+	if g.json || o.dryRun { // the entries are printed; otherwise only counted
+		opts.Each = func(e ops.ReplayedEntry) { entries = append(entries, e) }
+	}
+	res, err := x.Replay(ctx, tg, o.filter(a.now()), opts)
 	if g.json {
 		jerr := writeJSON(a.stdout, struct {
 			ops.ReplayResult
@@ -321,7 +322,11 @@ func runDeadPurge(ctx context.Context, a *app, x *ops.Ops, g globals, o *options
 		return usagef("purge would delete %s of %s for good; run it again with --yes to do so (with --dry-run to list them)", plural(res.Purged, "dead letter"), tg.Name)
 	}
 	var purged []ops.DeadLetter
-	res, err := x.Purge(ctx, tg, f, ops.PurgeOptions{DryRun: o.dryRun, Each: func(d ops.DeadLetter) { purged = append(purged, d) }})
+	opts := ops.PurgeOptions{DryRun: o.dryRun}
+	if g.json || o.dryRun { // the entries are printed; otherwise only counted
+		opts.Each = func(d ops.DeadLetter) { purged = append(purged, d) }
+	}
+	res, err := x.Purge(ctx, tg, f, opts)
 	if g.json {
 		if purged == nil {
 			purged = []ops.DeadLetter{}

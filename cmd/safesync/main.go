@@ -156,6 +156,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
+	case errors.Is(err, context.DeadlineExceeded): // a net.Error too, but not an unreachable server
+		return exitFailed
 	case errors.As(err, &ne), errors.Is(err, rueidis.ErrClosing):
 		return exitUnreachable
 	}

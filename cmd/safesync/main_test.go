@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +18,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/ops"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -275,6 +279,29 @@ func TestDurationsReadLikeAPerson(t *testing.T) {
 	} {
 		if got := human(d); got != want {
 			t.Errorf("human(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestErrorsMapToTheirExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, exitOK},
+		{usagef("bad"), exitUsage},
+		{fmt.Errorf("x: %w", ops.ErrNoSelection), exitUsage},
+		{fmt.Errorf("x: %w", ops.ErrStreamNotFound), exitNotFound},
+		{fmt.Errorf("x: %w", ops.ErrGroupNotFound), exitNotFound},
+		{fmt.Errorf("x: %w", ops.ErrDeadLetterNotFound), exitNotFound},
+		{fmt.Errorf("x: %w", context.Canceled), exitInterrupted},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), exitFailed},
+		{&unreachableError{addrs: []string{"a:1"}, err: errors.New("refused")}, exitUnreachable},
+		{&net.OpError{Op: "dial", Err: errors.New("refused")}, exitUnreachable},
+		{errors.New("WRONGTYPE"), exitFailed},
+	} {
+		if got := exitCode(tc.err); got != tc.want {
+			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
 		}
 	}
 }
