@@ -125,6 +125,11 @@ func Partitioned(p safesync.Partitions) Target {
 func (t Target) Partitioned() bool { return len(t.Streams) > 1 }
 
 func (t Target) check(needStreams bool) error {
+	for _, d := range t.DeadLetterStreams {
+		if contains(t.Streams, d) {
+			return fmt.Errorf("safesync/ops: Target %q names %q both as a stream and as a dead-letter stream", t.Name, d)
+		}
+	}
 	switch {
 	case needStreams && len(t.Streams) == 0:
 		return fmt.Errorf("safesync/ops: Target %q has no Streams; build it with Stream, Partitioned or Resolve", t.Name)

@@ -307,3 +307,15 @@ func TestPendingEntriesComeInPagesAcrossPartitions(t *testing.T) {
 		t.Fatalf("missing group: %v", err)
 	}
 }
+
+func TestPurgeLeavesWhatIsNotADeadLetter(t *testing.T) {
+	s := newServer(t, ops.Config{})
+	s.publish("orders", 3)
+	res, err := s.ops.Purge(context.Background(), ops.Target{Name: "orders", DeadLetterStreams: []string{"orders"}}, ops.Filter{All: true}, ops.PurgeOptions{})
+	if err != nil || res.Purged != 0 || res.Skipped != 3 || len(s.entries("orders")) != 3 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	if _, err := s.ops.Purge(context.Background(), ops.Target{Name: "orders", Streams: []string{"orders"}, DeadLetterStreams: []string{"orders"}}, ops.Filter{All: true}, ops.PurgeOptions{}); err == nil {
+		t.Fatal("a Target naming one key as both stream and dead-letter stream was accepted")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/ops"
 )
 
@@ -350,6 +351,9 @@ func runDeadPurge(ctx context.Context, a *app, x *ops.Ops, g globals, o *options
 		fmt.Fprintln(w, "Nothing was deleted (--dry-run).")
 	default:
 		fmt.Fprintf(w, "Deleted %s of %s.\n", plural(res.Purged, "dead letter"), tg.Name)
+	}
+	if res.Skipped > 0 {
+		fmt.Fprintf(w, "Left %s that a safesync consumer did not write (no %s field).\n", plural(res.Skipped, "entry"), safesync.DeadLetterFieldStream)
 	}
 	return purgeErr(err, res.Purged)
 }
