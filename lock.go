@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/go-sql-driver/mysql"
@@ -184,9 +185,52 @@ func isLockWaitError(err error) bool {
 	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
 }
 
-// MaxLockNameLength is the longest advisory lock name accepted, MySQL's
-// limit (MariaDB accepts longer names; refusing them keeps code portable).
+// MaxLockNameLength is the longest advisory lock name accepted, in
+// characters: MySQL's limit (MariaDB's is 192 bytes; names of at most 64
+// characters of the Basic Multilingual Plane fit both).
 const MaxLockNameLength = 64
+
+// ErrInvalidLockName is matched by the error for an advisory lock name that
+// ValidateLockName refuses.
+var ErrInvalidLockName = errors.New("safesync: invalid advisory lock name")
+
+// ValidateLockName reports whether name can be an advisory lock name that
+// means the same lock on MySQL 8 and MariaDB 10.6+, and no other name's
+// lock on either. It refuses, with an error matching ErrInvalidLockName,
+// names the server would alter:
+//
+//   - a NUL byte: MariaDB cuts the name there, so "p\x00a", "p\x00b" and
+//     "p" would be one lock;
+//   - an upper-case letter: MySQL folds names to lower case, so "Job" and
+//     "job" would be one lock on MySQL and two on MariaDB (use lower case);
+//   - invalid UTF-8, or a character outside the Basic Multilingual Plane
+//     (U+10000 and above, emoji among them): MySQL converts names to
+//     utf8mb3 and refuses these, where MariaDB keeps them;
+//
+// and an empty name or one longer than MaxLockNameLength characters.
+// Anything else (spaces, punctuation, accented lower-case letters) is kept
+// as it is by both servers. WithAdvisoryLock calls it before any SQL.
+func ValidateLockName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: advisory lock name is empty", ErrInvalidLockName)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w %q: not valid UTF-8 (MySQL refuses it, MariaDB keeps the raw bytes)", ErrInvalidLockName, name)
+	case utf8.RuneCountInString(name) > MaxLockNameLength:
+		return fmt.Errorf("%w %q: longer than %d characters", ErrInvalidLockName, name, MaxLockNameLength)
+	}
+	for i, r := range name {
+		switch {
+		case r == 0:
+			return fmt.Errorf("%w %q: NUL byte at byte %d (MariaDB cuts the name there, so it would share a lock with every name of the same prefix)", ErrInvalidLockName, name, i)
+		case r > 0xFFFF:
+			return fmt.Errorf("%w %q: character %U at byte %d is outside the Basic Multilingual Plane (MySQL stores lock names in utf8mb3 and refuses it)", ErrInvalidLockName, name, r, i)
+		case unicode.ToLower(r) != r:
+			return fmt.Errorf("%w %q: upper-case letter %q at byte %d (MySQL folds lock names to lower case, MariaDB does not; use lower case)", ErrInvalidLockName, name, r, i)
+		}
+	}
+	return nil
+}
 
 // DefaultLockCheckInterval is how often a held advisory lock is checked
 // for loss while fn runs.
@@ -209,12 +253,10 @@ func LockCheckInterval(d time.Duration) AdvisoryLockOption {
 }
 
 func validateLockName(name string, timeout time.Duration) error {
-	switch {
-	case name == "":
-		return errors.New("safesync: advisory lock name is empty")
-	case utf8.RuneCountInString(name) > MaxLockNameLength:
-		return fmt.Errorf("safesync: advisory lock name %q is longer than %d characters", name, MaxLockNameLength)
-	case timeout < 0:
+	if err := ValidateLockName(name); err != nil {
+		return err
+	}
+	if timeout < 0 {
 		return fmt.Errorf("safesync: advisory lock %q: negative timeout %v", name, timeout)
 	}
 	return nil
@@ -228,8 +270,9 @@ func validateLockName(name string, timeout time.Duration) error {
 // connection is closed, which frees the lock on the server.
 //
 // A timeout is a *LockTimeoutError (errors.Is(err, ErrLockTimeout)); a NULL
-// answer is ErrLockFailed. A name over MaxLockNameLength characters, an
-// empty name or a negative timeout is an error before any SQL runs.
+// answer is ErrLockFailed. A name ValidateLockName refuses (one the server
+// would cut or fold, an empty one, one over MaxLockNameLength characters)
+// or a negative timeout is an error before any SQL runs.
 //
 // fn receives a ctx derived from the TxFunc's that is cancelled when the
 // lock is lost (its connection dies, or IS_USED_LOCK(name) no longer names

@@ -340,3 +340,42 @@ func TestConnectionKilledMidTransactionIsRetriedAsANewTransaction(t *testing.T) 
 		t.Fatalf("amount = %d, want 1: the killed attempt rolled back", got)
 	}
 }
+
+// Regression (issue 11, item 8): MariaDB cuts advisory lock names at a NUL
+// byte, so while one session held "p\x00a", WithAdvisoryLock("p\x00b")
+// timed out on a lock it never asked for. Such names, and the others
+// ValidateLockName lists, are refused before any SQL, whatever the server
+// would do with them.
+func TestRegressionLockNamesTheServerWouldAlterAreRefused(t *testing.T) {
+	db := openMySQL(t, nil)
+	ctx := context.Background()
+	unique := uniqueName(t, "nul")
+	prefix := "nul_" + unique[len(unique)-8:] // short: the names below must fit in 64 characters
+	holder, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	var got sql.NullInt64
+	if err := holder.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", prefix+"\x00a").Scan(&got); err != nil || got.Int64 != 1 {
+		t.Fatalf("holder GET_LOCK = %v, %v", got, err)
+	}
+	defer func() { _, _ = holder.ExecContext(ctx, "DO RELEASE_ALL_LOCKS()") }()
+	// What the server does with the prefix alone, for the record.
+	shared := !otherConnectionGetsLock(t, prefix)
+	t.Logf("server treats %q as the lock %q: %v", prefix+"\x00a", prefix, shared)
+
+	for _, name := range []string{prefix + "\x00b", prefix + "\x00a", "Job:" + prefix, prefix + ":\xff", prefix + ":😀"} {
+		start := time.Now()
+		_, err := safesync.WithTx(db, safesync.WithAdvisoryLock(name, 2*time.Second, safesync.NoResult(func(context.Context, *safesync.Tx) error {
+			t.Errorf("fn ran under %q", name)
+			return nil
+		})))(ctx)
+		if !errors.Is(err, safesync.ErrInvalidLockName) || errors.Is(err, safesync.ErrLockTimeout) {
+			t.Errorf("name %q: err = %v; want ErrInvalidLockName", name, err)
+		}
+		if waited := time.Since(start); waited > time.Second {
+			t.Errorf("name %q: refused after %v; it must be refused before any SQL", name, waited)
+		}
+	}
+}
