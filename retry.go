@@ -155,10 +155,21 @@ type RetryEvent struct {
 	Wait    time.Duration // the pause before the next attempt
 }
 
+// ErrInvalidRetryPolicy is matched by the error Validate returns for a
+// policy Retry would refuse.
+var ErrInvalidRetryPolicy = errors.New("safesync: invalid RetryPolicy")
+
 // RetryPolicy says when and how often Retry runs another attempt. Build one
 // with Constant, Exponential, Backoff or FromBackOff and refine it with the
 // With methods; a RetryPolicy is a value, safe to share and to copy.
+//
+// Building a policy never fails. A policy whose values came from
+// configuration (an attempt count, an interval) should be checked with
+// Validate, which returns an error naming the bad setting; Retry and
+// Pipeline.Retry panic on an invalid policy, as on any other programmer
+// error at construction.
 type RetryPolicy struct {
+	badParam    string // a bad constructor argument, reported by Validate
 	newBackOff  func() backoff.BackOff
 	maxAttempts int
 	maxElapsed  time.Duration
@@ -171,15 +182,22 @@ type RetryPolicy struct {
 // DefaultMaxAttempts bounds a RetryPolicy that was not given WithMaxAttempts.
 const DefaultMaxAttempts = 10
 
-// Constant waits the same interval between attempts.
+// Constant waits the same interval between attempts. A negative interval
+// makes the policy invalid (see Validate).
 func Constant(interval time.Duration) RetryPolicy {
-	return FromBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(interval) })
+	p := FromBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(interval) })
+	if interval < 0 {
+		p.badParam = fmt.Sprintf("Constant: negative interval %v", interval)
+	}
+	return p
 }
 
 // Exponential waits initial, then doubles the wait up to max, each wait
-// randomised by ±50% (jitter) so that competing workers spread out.
+// randomised by ±50% (jitter) so that competing workers spread out. A
+// negative initial, or a max below initial, makes the policy invalid (see
+// Validate).
 func Exponential(initial, max time.Duration) RetryPolicy {
-	return FromBackOff(func() backoff.BackOff {
+	p := FromBackOff(func() backoff.BackOff {
 		b := &backoff.ExponentialBackOff{
 			InitialInterval:     initial,
 			RandomizationFactor: 0.5,
@@ -191,6 +209,13 @@ func Exponential(initial, max time.Duration) RetryPolicy {
 		b.Reset()
 		return b
 	})
+	switch {
+	case initial < 0:
+		p.badParam = fmt.Sprintf("Exponential: negative initial interval %v", initial)
+	case max < initial:
+		p.badParam = fmt.Sprintf("Exponential: max interval %v is below the initial interval %v", max, initial)
+	}
+	return p
 }
 
 // Backoff is Exponential from initial up to 100×initial, with at most
@@ -224,19 +249,34 @@ func (p RetryPolicy) WithOnRetry(fn func(RetryEvent)) RetryPolicy { p.onRetry = 
 // nil counts nothing.
 func (p RetryPolicy) WithMetrics(m *Metrics) RetryPolicy { p.metrics, p.hasMetrics = m, true; return p }
 
-func (p RetryPolicy) validate() error {
+// Validate reports, with an error matching ErrInvalidRetryPolicy that names
+// the setting, a policy Retry would refuse: one not built by Constant,
+// Exponential, Backoff or FromBackOff; a negative interval; an Exponential
+// max below its initial interval; fewer than 1 attempt (WithMaxAttempts,
+// Backoff); a negative WithMaxElapsed; a nil classifier. Call it on a
+// policy built from configuration, where a bad value is the configuration's
+// fault and deserves an error rather than a panic.
+func (p RetryPolicy) Validate() error {
+	var why string
 	switch {
 	case p.newBackOff == nil:
-		return errors.New("safesync: RetryPolicy has no backoff; build it with Constant, Exponential, Backoff or FromBackOff")
+		why = "no backoff; build it with Constant, Exponential, Backoff or FromBackOff"
+	case p.badParam != "":
+		why = p.badParam
 	case p.maxAttempts < 1:
-		return fmt.Errorf("safesync: RetryPolicy max attempts %d, want at least 1", p.maxAttempts)
+		why = fmt.Sprintf("max attempts %d (WithMaxAttempts or Backoff), want at least 1", p.maxAttempts)
 	case p.maxElapsed < 0:
-		return fmt.Errorf("safesync: RetryPolicy negative max elapsed time %v", p.maxElapsed)
+		why = fmt.Sprintf("negative max elapsed time %v (WithMaxElapsed)", p.maxElapsed)
 	case p.classify == nil:
-		return errors.New("safesync: RetryPolicy has a nil classifier")
+		why = "nil classifier (WithClassifier)"
+	default:
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: %s", ErrInvalidRetryPolicy, why)
 }
+
+// validate is Validate, for the constructors that panic on its error.
+func (p RetryPolicy) validate() error { return p.Validate() }
 
 // Retry returns a Func that calls f, and calls it again after a pause
 // while it fails with an error the policy's classifier calls retryable and
@@ -246,7 +286,8 @@ func (p RetryPolicy) validate() error {
 // ctx is passed to every attempt and bounds the pauses: when it ends, Retry
 // stops at once. Every failure is a *RetryError carrying the number of
 // attempts and wrapping the last error (and ctx's error, if ctx ended).
-// Retry panics if f is nil or the policy is invalid.
+// Retry panics if f is nil or the policy is invalid: check a policy built
+// from configuration with Validate first.
 func Retry[T any](p RetryPolicy, f Func[T]) Func[T] {
 	if f == nil {
 		panic("safesync: Retry with nil Func")

@@ -194,3 +194,37 @@ func TestRetryRefusesMisuseAtConstruction(t *testing.T) {
 		})
 	}
 }
+
+// Regression (issue 11, item 6): a policy built from configuration values
+// (an attempt count of 0, a negative time budget) panicked the process in
+// Retry. Validate returns the problem as an error, naming the setting, so
+// a program can refuse its configuration instead; Retry still panics on a
+// policy that was never validated, as on any programmer error.
+func TestRetryPolicyValidateReportsConfigurationErrorsWithoutPanicking(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy safesync.RetryPolicy
+		says   string
+	}{
+		{"zero attempts", safesync.Backoff(time.Millisecond, 0), "WithMaxAttempts"},
+		{"negative attempts", safesync.Constant(time.Millisecond).WithMaxAttempts(-3), "max attempts -3"},
+		{"negative max elapsed", safesync.Constant(time.Millisecond).WithMaxElapsed(-time.Second), "WithMaxElapsed"},
+		{"negative interval", safesync.Constant(-time.Millisecond), "interval"},
+		{"exponential with max below initial", safesync.Exponential(time.Second, time.Millisecond), "max"},
+		{"the zero policy", safesync.RetryPolicy{}, "no backoff"},
+		{"a nil classifier", safesync.Constant(0).WithClassifier(nil), "classifier"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.policy.Validate()
+			if !errors.Is(err, safesync.ErrInvalidRetryPolicy) || !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("Validate() = %v; want ErrInvalidRetryPolicy naming %q", err, tt.says)
+			}
+		})
+	}
+	for _, ok := range []safesync.RetryPolicy{safesync.Constant(0), safesync.Backoff(time.Millisecond, 1), safesync.Exponential(time.Millisecond, time.Second).WithMaxElapsed(time.Minute)} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate() = %v on a valid policy", err)
+		}
+	}
+}
