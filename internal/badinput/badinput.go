@@ -55,6 +55,9 @@ func Entries() []Entry {
 		{Name: "Infinity", Fields: data(`{"id": 10, "score": Infinity}`)},
 		{Name: "number too large for the field", Fields: data(`{"id": 123456789012345678901234567890}`)},
 		{Name: "empty data", Fields: data(``)},
+		{Name: "lone surrogate escape", Fields: data(`{"id": 11, "note": "a\ud800b"}`)},
+		{Name: "two keys for one field, in different case", Fields: data(`{"id": 12, "ID": 13}`)},
+		{Name: "key in another case than the field's", Fields: data(`{"ID": 14}`), Handled: true, ID: 14},
 	}
 }
 
