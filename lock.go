@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -105,15 +106,22 @@ func NoWait() RowLockOption { return func(c *rowLockConfig) { c.suffix = " NOWAI
 func SkipLocked() RowLockOption { return func(c *rowLockConfig) { c.suffix = " SKIP LOCKED" } }
 
 // WithRowLock returns a TxFunc that locks one row with
-// SELECT * FROM table WHERE key… FOR UPDATE, scans it into a T (see Get for
-// the mapping) and calls fn with it. The lock is held until the enclosing
-// transaction ends. A missing row is ErrNotFound and fn is not called.
+// SELECT <T's columns> FROM table WHERE key… FOR UPDATE, scans it into a T
+// (see Get for the mapping) and calls fn with it. The lock is held until the
+// enclosing transaction ends. A missing row is ErrNotFound and fn is not
+// called.
+//
+// T is a struct (or pointer to struct): the statement selects exactly the
+// columns T maps (db tag, else field name), quoted, never *, so a column
+// added to the table by a migration does not disturb a running worker;
+// every exported field must be a column of the table or be tagged
+// `db:"-"`. T may also be map[string]any, which selects every column (*)
+// and takes whatever the row has. Any other T is an error.
 //
 // The table and key columns are validated and quoted and the key values
-// bound; an empty key or a bad identifier is an error returned before any
-// SQL runs. fn receives the ctx and tx the TxFunc was called with. T can
-// usually be inferred from fn; write WithRowLock[Order] when it cannot.
-// WithRowLock panics if fn is nil.
+// bound; an empty key, a bad identifier or a T with no columns is an error
+// returned before any SQL runs. fn receives the ctx and tx the TxFunc was
+// called with. T is inferred from fn. WithRowLock panics if fn is nil.
 func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, tx *Tx, row T) (R, error), opts ...RowLockOption) TxFunc[R] {
 	if fn == nil {
 		panic("safesync: WithRowLock with nil fn")
@@ -122,7 +130,13 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 	for _, o := range opts {
 		o(&cfg)
 	}
-	query, args, err := rowLockQuery(table, key, cfg.suffix)
+	rowType := reflect.TypeFor[T]()
+	columns, err := selectList(rowType, "WithRowLock")
+	var query string
+	var args []any
+	if err == nil {
+		query, args, err = rowLockQuery(columns, table, key, cfg.suffix)
+	}
 	existsQuery, _, _ := keyedQuery("SELECT COUNT(*)", table, key, "")
 	return func(ctx context.Context, tx *Tx) (R, error) {
 		var zero R
@@ -153,7 +167,7 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 			}
 			return zero, lerr
 		default:
-			return zero, lerr
+			return zero, explainUnknownColumn(lerr, "WithRowLock", rowType)
 		}
 		return fn(ctx, tx, row)
 	}
@@ -173,9 +187,10 @@ func keyedQuery(head, table string, key Key, tail string) (string, []any, error)
 	return head + " FROM " + quotedTable + " WHERE " + where + tail, args, nil
 }
 
-// rowLockQuery builds the locking read of WithRowLock.
-func rowLockQuery(table string, key Key, suffix string) (string, []any, error) {
-	return keyedQuery("SELECT *", table, key, " FOR UPDATE"+suffix)
+// rowLockQuery builds the locking read of WithRowLock; columns is the
+// select list from selectList.
+func rowLockQuery(columns, table string, key Key, suffix string) (string, []any, error) {
+	return keyedQuery("SELECT "+columns, table, key, " FOR UPDATE"+suffix)
 }
 
 // isLockWaitError reports a lock wait timeout (1205) or a NOWAIT refusal

@@ -132,16 +132,27 @@ type Versioned[T any] struct {
 }
 
 // ReadVersioned returns a TxFunc that reads the row with key from table
-// (SELECT *, no lock) into a T and takes its version from T's field mapped
-// to versionColumn (empty means DefaultVersionColumn), which must be an
-// integer. T is a struct mapped as in Get. A missing row is ErrNotFound.
+// (no lock) into a T and takes its version from T's field mapped to
+// versionColumn (empty means DefaultVersionColumn), which must be an
+// integer. T is a struct (or pointer to struct) mapped as in Get; the read
+// selects exactly the columns T maps, quoted, never *, so a column added to
+// the table does not disturb a running worker (every exported field must be
+// a column or be tagged `db:"-"`). A missing row is ErrNotFound. A T that
+// is not a struct, has no field for the version column, or a bad
+// identifier is an error before any SQL runs.
 func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Versioned[T]] {
 	if versionColumn == "" {
 		versionColumn = DefaultVersionColumn
 	}
-	query, args, err := keyedQuery("SELECT *", table, key, "")
+	rowType := reflect.TypeFor[T]()
+	err := versionFieldOf(rowType, versionColumn)
+	var columns, query string
+	var args []any
 	if err == nil {
-		err = ValidateIdentifier(versionColumn)
+		columns, err = selectList(rowType, "ReadVersioned")
+	}
+	if err == nil {
+		query, args, err = keyedQuery("SELECT "+columns, table, key, "")
 	}
 	return func(ctx context.Context, tx *Tx) (Versioned[T], error) {
 		out := Versioned[T]{Table: table, Key: key, VersionColumn: versionColumn}
@@ -153,7 +164,7 @@ func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Ve
 			return out, fmt.Errorf("%w: %s %v", ErrNotFound, table, key)
 		}
 		if err != nil {
-			return out, err
+			return out, explainUnknownColumn(err, "ReadVersioned", rowType)
 		}
 		version, err := versionOf(v, versionColumn)
 		if err != nil {
@@ -162,6 +173,31 @@ func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Ve
 		out.Version, out.Value = version, v
 		return out, nil
 	}
+}
+
+// versionFieldOf checks, before any SQL, that typ is a struct (or pointer
+// to one) with an integer field mapped to the version column.
+func versionFieldOf(typ reflect.Type, column string) error {
+	if err := ValidateIdentifier(column); err != nil {
+		return err
+	}
+	switch rowKindOf(typ) {
+	case rowStructPtr:
+		typ = typ.Elem()
+	case rowStruct:
+	default:
+		return fmt.Errorf("safesync: ReadVersioned needs a struct row, not %v", typ)
+	}
+	f, ok := structFieldsOf(typ).lookup(column)
+	if !ok {
+		return fmt.Errorf("safesync: ReadVersioned: %v has no field for version column %q", typ, column)
+	}
+	switch typ.FieldByIndex(f.index).Type.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return nil
+	}
+	return fmt.Errorf("safesync: ReadVersioned: version field %s of %v is %v, want an integer", f.name, typ, typ.FieldByIndex(f.index).Type)
 }
 
 // versionOf reads the integer field of v mapped to column.

@@ -379,3 +379,105 @@ func TestRegressionLockNamesTheServerWouldAlterAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// Regression (issue 11, item 10): WithRowLock and ReadVersioned ran
+// SELECT *, so ALTER TABLE … ADD COLUMN made every running worker fail with
+// ErrUnmappedColumn until it was redeployed. Two workers, one with a row
+// lock and one with OCC under Retry, run while columns are added (one of
+// them first, which moves every other column); not one call may fail, and
+// every increment lands.
+func TestAddingAColumnUnderRunningWorkersBreaksNothing(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := createTable(t, db, "mig", counterDDL)
+	if _, err := db.Exec("INSERT INTO `" + table + "` (id) VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	policy := safesync.Exponential(time.Millisecond, 20*time.Millisecond).WithMaxAttempts(1000).WithMetrics(nil)
+	ops := map[string]safesync.Func[struct{}]{
+		"row lock": safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": 1}, func(ctx context.Context, tx *safesync.Tx, r counterRow) (struct{}, error) {
+			// The version moves too, or the OCC worker's guarded write
+			// would not see this one.
+			_, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = ?, version = version + 1 WHERE id = 1", r.Amount+1)
+			return struct{}{}, err
+		})),
+		"OCC": func(ctx context.Context) (struct{}, error) {
+			_, err := safesync.WithTx(db, safesync.OCC(safesync.ReadVersioned[counterRow](table, safesync.Key{"id": 1}, "version"),
+				func(r counterRow) (counterRow, error) { r.Amount++; return r, nil }))(ctx)
+			return struct{}{}, err
+		},
+	}
+	var done, afterAlter atomic.Int64
+	var altered atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for name, op := range ops {
+		op := safesync.Retry(policy, op)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := op(ctx); err != nil {
+					if ctx.Err() == nil {
+						errs <- fmt.Errorf("%s: %w", name, err)
+					}
+					return
+				}
+				done.Add(1)
+				if altered.Load() {
+					afterAlter.Add(1)
+				}
+			}
+		}()
+	}
+	waitFor := func(n int64) {
+		for deadline := time.Now().Add(20 * time.Second); done.Load() < n && time.Now().Before(deadline) && len(errs) == 0; {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor(50)
+	for _, ddl := range []string{
+		"ALTER TABLE `" + table + "` ADD COLUMN added_later VARCHAR(16) NULL",
+		"ALTER TABLE `" + table + "` ADD COLUMN added_first BIGINT NOT NULL DEFAULT 7 FIRST",
+	} {
+		if _, err := db.Exec(ddl); err != nil {
+			t.Fatal(err)
+		}
+		altered.Store(true)
+		waitFor(done.Load() + 50)
+	}
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if afterAlter.Load() < 50 {
+		t.Fatalf("only %d calls ran after the first ALTER TABLE; the test did not exercise it", afterAlter.Load())
+	}
+	var amount int64
+	if err := db.QueryRow("SELECT amount FROM `"+table+"` WHERE id = 1").Scan(&amount); err != nil || amount != done.Load() {
+		t.Fatalf("amount = %d (%v) after %d increments", amount, err, done.Load())
+	}
+
+	// A field that is no column is named, with the way out.
+	type withComputed struct {
+		counterRow
+		Display string
+	}
+	_, err := safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": 1}, func(ctx context.Context, tx *safesync.Tx, r withComputed) (int, error) {
+		return 0, nil
+	}))(context.Background())
+	if mysqlNumber(err) != 1054 || !strings.Contains(err.Error(), "Display") || !strings.Contains(err.Error(), `db:"-"`) {
+		t.Fatalf("a field with no column: err = %v; want error 1054 naming Display and db:\"-\"", err)
+	}
+}
+
+func mysqlNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
