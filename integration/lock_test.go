@@ -457,7 +457,7 @@ func TestAddingAColumnUnderRunningWorkersBreaksNothing(t *testing.T) {
 		t.Fatalf("only %d calls ran after the first ALTER TABLE; the test did not exercise it", afterAlter.Load())
 	}
 	var amount int64
-	if err := db.QueryRow("SELECT amount FROM `"+table+"` WHERE id = 1").Scan(&amount); err != nil || amount != done.Load() {
+	if err := db.QueryRow("SELECT amount FROM `" + table + "` WHERE id = 1").Scan(&amount); err != nil || amount != done.Load() {
 		t.Fatalf("amount = %d (%v) after %d increments", amount, err, done.Load())
 	}
 
