@@ -173,6 +173,29 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 	}
 }
 
+// LockRow is WithRowLock for a callback that returns only an error: it
+// locks the row with key in table (SELECT <T's columns> … FOR UPDATE),
+// scans it into a T and calls fn with it, and its result runs in RunTx, or
+// in WithTx and the other combinators through NoResult:
+//
+//	err := RunTx(ctx, db, LockRow("orders", Key{"id": id}, func(ctx context.Context, tx *Tx, o Order) error { … }))
+//
+// Everything WithRowLock says holds (columns, ErrNotFound, NoWait,
+// SkipLocked, errors before any SQL). T is inferred from fn. LockRow panics
+// if fn is nil.
+func LockRow[T any](table string, key Key, fn func(ctx context.Context, tx *Tx, row T) error, opts ...RowLockOption) func(ctx context.Context, tx *Tx) error {
+	if fn == nil {
+		panic("safesync: LockRow with nil fn")
+	}
+	locked := WithRowLock(table, key, func(ctx context.Context, tx *Tx, row T) (struct{}, error) {
+		return struct{}{}, fn(ctx, tx, row)
+	}, opts...)
+	return func(ctx context.Context, tx *Tx) error {
+		_, err := locked(ctx, tx)
+		return err
+	}
+}
+
 // keyedQuery builds "<head> FROM `table` WHERE `k1` = ? AND …<tail>" and
 // its arguments. head and tail are fixed text from this package.
 func keyedQuery(head, table string, key Key, tail string) (string, []any, error) {

@@ -243,6 +243,9 @@ func structValue(v reflect.Value) (reflect.Value, error) {
 //
 //	Retry(policy, WithTx(db, OCC(ReadVersioned[Account]("accounts", Key{"id": 1}, ""), addFive)))
 //
+// OCCRow("accounts", Key{"id": 1}, "", addFive) is the same, with Account
+// inferred from addFive.
+//
 // mutate must be a pure function of its argument: it may run once per
 // attempt. It must not change key columns or the version column. OCC
 // returns the new row with its version field advanced. T is a struct
@@ -275,6 +278,20 @@ func OCC[T any](read TxFunc[Versioned[T]], mutate func(current T) (T, error)) Tx
 		setVersion(&next, vcol, cur.Version+1)
 		return next, nil
 	}
+}
+
+// OCCRow is OCC(ReadVersioned[T](table, key, versionColumn), mutate) with T
+// inferred from mutate: one optimistic update of the row with key, without
+// writing the row type twice.
+//
+//	Retry(policy, WithTx(db, OCCRow("accounts", Key{"id": 1}, "version", addFive)))
+//
+// (ReadVersioned alone cannot infer T, which appears only in its result:
+// ReadVersioned("accounts", key, "version") is the compile error "cannot
+// infer T".) Everything OCC and ReadVersioned say holds. OCCRow panics if
+// mutate is nil.
+func OCCRow[T any](table string, key Key, versionColumn string, mutate func(current T) (T, error)) TxFunc[T] {
+	return OCC(ReadVersioned[T](table, key, versionColumn), mutate)
 }
 
 // changedColumns compares two rows field by field and returns the columns

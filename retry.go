@@ -283,6 +283,18 @@ func (p RetryPolicy) validate() error { return p.Validate() }
 // the policy's budget lasts. Because f is a Func, each attempt is a whole
 // new transaction: a retry never happens inside one.
 //
+// Passing a TxFunc (a step inside a transaction, such as OCC, WithRowLock
+// or WithAdvisoryLock return) does not compile, on purpose, with this
+// message:
+//
+//	in call to safesync.Retry, type safesync.TxFunc[Account] of op does not match inferred type safesync.Func[Account] for safesync.Func[T]
+//
+// A retry inside the transaction that conflicted or deadlocked cannot
+// succeed (InnoDB rolled it back, or its reads are stale); make the step a
+// transaction of its own with WithTx and retry that:
+//
+//	acct, err := safesync.Retry(policy, safesync.WithTx(db, op))(ctx)
+//
 // ctx is passed to every attempt and bounds the pauses: when it ends, Retry
 // stops at once. Every failure is a *RetryError carrying the number of
 // attempts and wrapping the last error (and ctx's error, if ctx ended).
