@@ -282,10 +282,18 @@ type advisoryConfig struct {
 }
 
 // LockCheckInterval sets how often the lock is checked while fn runs
-// (DefaultLockCheckInterval when not given). Each check is one short query
-// on another pooled connection; fns shorter than the interval cause none.
-// (The confirmation after fn returns, on the transaction's own connection,
-// is separate and always runs; see WithAdvisoryLock.)
+// (DefaultLockCheckInterval when not given); fns shorter than the interval
+// cause no check. Each check is one short query (SELECT IS_USED_LOCK) on
+// another connection of the transaction's pool, taken only when the pool
+// has an idle connection or room to open one: the check never waits for a
+// connection, and a locked transaction costs the same whether the pool is
+// full or not. When the pool is exhausted (every connection busy, as when
+// there are as many lock holders as connections) the check is skipped, and
+// a lost lock is then found by fn's next statement on its dead connection
+// or, at the latest, by the confirmation after fn returns, which runs on
+// the transaction's own connection before COMMIT whatever the pool holds;
+// what is missed is only the early cancellation of fn's ctx while fn runs
+// no statement. See WithAdvisoryLock.
 func LockCheckInterval(d time.Duration) AdvisoryLockOption {
 	return func(c *advisoryConfig) { c.checkInterval = d }
 }
@@ -314,9 +322,10 @@ func validateLockName(name string, timeout time.Duration) error {
 //
 // fn receives a ctx derived from the TxFunc's that is cancelled when the
 // lock is lost (its connection dies, or IS_USED_LOCK(name) no longer names
-// this connection), checked every LockCheckInterval; the TxFunc then
-// returns ErrLockLost (joined with fn's error) and the transaction rolls
-// back.
+// this connection), checked every LockCheckInterval on another pooled
+// connection when one is idle (never waiting for one; see
+// LockCheckInterval); the TxFunc then returns ErrLockLost (joined with fn's
+// error) and the transaction rolls back.
 //
 // When fn returns nil, the TxFunc confirms that the lock is still held
 // with one more round trip on the transaction's own connection
@@ -452,9 +461,13 @@ func releaseAdvisoryLock(ctx context.Context, conn *sql.Conn, m *Metrics, name s
 
 // watchAdvisoryLock checks every interval, on another pooled connection,
 // that connID still holds the lock, and cancels with ErrLockLost when it
-// does not. stop ends the watch and waits for it.
+// does not. It never waits for a pooled connection: a check runs only when
+// the pool has an idle connection or room to open one, and is skipped
+// otherwise (see LockCheckInterval). stop cancels a check in progress
+// (waiting for a connection or running its query), waits for the watch to
+// end, which is then immediate, and no check starts after it.
 func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, interval time.Duration, cancel context.CancelCauseFunc) (stop func()) {
-	done := make(chan struct{})
+	watchCtx, endWatch := context.WithCancel(ctx)
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
@@ -462,17 +475,19 @@ func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, i
 		defer ticker.Stop()
 		for {
 			select {
-			case <-done:
-				return
-			case <-ctx.Done():
+			case <-watchCtx.Done():
 				return
 			case <-ticker.C:
 			}
-			checkCtx, cancelCheck := context.WithTimeout(ctx, interval+time.Second)
-			lost, err := lockNotHeld(checkCtx, tx.db, name, connID)
-			cancelCheck()
+			if watchCtx.Err() != nil {
+				return // stop and the tick came together: no new check
+			}
+			lost, err := checkLockFromPool(watchCtx, tx.db, name, connID, interval)
 			if err != nil {
-				continue // cannot tell; the transaction's own statements will fail if the server is gone
+				// No idle connection, or the check failed: cannot tell. The
+				// transaction's own statements fail if its connection died,
+				// and the confirmation before COMMIT runs regardless.
+				continue
 			}
 			if lost != nil {
 				tx.metrics.countLockLost(strategyAdvisory)
@@ -482,7 +497,29 @@ func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, i
 		}
 	}()
 	return func() {
-		close(done)
+		endWatch()
 		<-finished
 	}
+}
+
+// errNoIdleConn is checkLockFromPool's answer when the pool is exhausted.
+var errNoIdleConn = errors.New("safesync: no idle pooled connection for the lock check")
+
+// checkLockFromPool runs lockNotHeld on a connection of db other than the
+// transaction's, without queueing for one: when every connection the pool
+// may open is in use it returns errNoIdleConn at once. Acquiring a
+// connection (which may dial a new one) and the query are bounded by
+// interval and by ctx, which stop cancels.
+func checkLockFromPool(ctx context.Context, db *sql.DB, name string, connID int64, interval time.Duration) (lost, err error) {
+	if st := db.Stats(); st.MaxOpenConnections > 0 && st.Idle == 0 && st.OpenConnections >= st.MaxOpenConnections {
+		return nil, errNoIdleConn
+	}
+	checkCtx, cancelCheck := context.WithTimeout(ctx, interval)
+	defer cancelCheck()
+	conn, err := db.Conn(checkCtx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return lockNotHeld(checkCtx, conn, name, connID)
 }

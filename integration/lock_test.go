@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -480,4 +481,110 @@ func mysqlNumber(err error) uint16 {
 		return me.Number
 	}
 	return 0
+}
+
+// lockedWork runs holders transactions at once, each holding its own
+// advisory lock while fn works for work (one statement before, one after),
+// on a pool of the given size, and returns how long each WithTx took.
+func lockedWork(t *testing.T, pool, holders int, work time.Duration) []time.Duration {
+	t.Helper()
+	db := openMySQL(t, nil)
+	db.SetMaxOpenConns(pool)
+	db.SetMaxIdleConns(pool)
+	unique := uniqueName(t, "w")
+	took := make([]time.Duration, holders)
+	errs := make([]error, holders)
+	var wg sync.WaitGroup
+	for i := range holders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("pool:%s:%d", unique[len(unique)-8:], i)
+			start := time.Now()
+			_, errs[i] = safesync.WithTx(db, safesync.WithAdvisoryLock(name, 10*time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+				if _, err := tx.ExecContext(ctx, "DO 1"); err != nil {
+					return err
+				}
+				select {
+				case <-time.After(work):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				_, err := tx.ExecContext(ctx, "DO 2")
+				return err
+			}), safesync.LockCheckInterval(100*time.Millisecond)))(context.Background())
+			took[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return took
+}
+
+// Regression (issue 11, item 9): the advisory lock's watcher borrowed a
+// second pooled connection for each check and stop waited for it, so with
+// as many lock holders as pooled connections each 500 ms transaction took
+// 1.4–1.7 s (the watcher queued behind the holders for a connection they
+// held), and with a pool of one 1.5–4 s. The watcher now checks only on an
+// idle connection and never waits for one: a locked transaction costs its
+// work plus a few round trips, whether the pool is full or not.
+func TestAdvisoryLockCostsTheSameWhetherThePoolIsFullOrNot(t *testing.T) {
+	const work = 500 * time.Millisecond
+	// A loaded, shared machine adds scheduling delay; a watcher waiting for
+	// a connection added at least the check interval plus the time until a
+	// connection freed (about a second here).
+	const allowed = work + 300*time.Millisecond
+	check := func(name string, took []time.Duration, limit time.Duration) {
+		t.Helper()
+		slowest := slices.Max(took)
+		t.Logf("%s: %v", name, took)
+		if slowest > limit {
+			t.Errorf("%s: slowest WithTx took %v, want at most %v", name, slowest, limit)
+		}
+	}
+	check("pool 8, 4 holders (room for the watcher)", lockedWork(t, 8, 4, work), allowed)
+	check("pool 4, 4 holders (the pool is full)", lockedWork(t, 4, 4, work), allowed)
+	check("pool 1, 1 holder", lockedWork(t, 1, 1, work), allowed)
+	// Two holders on one connection run one after the other: the second
+	// waits for the first's connection, not for a watcher.
+	check("pool 1, 2 holders", lockedWork(t, 1, 2, work), 2*work+300*time.Millisecond)
+}
+
+// When the pool has no idle connection the watcher skips its checks; a
+// lock lost meanwhile is still found before COMMIT by the confirmation on
+// the transaction's own connection, and the transaction rolls back with a
+// retryable ErrLockLost.
+func TestAdvisoryLockLostWhileThePoolIsFullIsFoundBeforeCommit(t *testing.T) {
+	db := openMySQL(t, nil)
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	killer := openMySQL(t, nil)
+	table := itemsTable(t, killer, 1)
+	name := "full:" + uniqueName(t, "l")[len(uniqueName(t, "l"))-8:]
+	start := time.Now()
+	_, err := safesync.WithTx(db, safesync.WithAdvisoryLock(name, time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = 99 WHERE id = 1"); err != nil {
+			return err
+		}
+		id, err := safesync.Get[int64](ctx, tx, "SELECT CONNECTION_ID()")
+		if err != nil {
+			return err
+		}
+		if _, err := killer.ExecContext(ctx, fmt.Sprintf("KILL %d", id)); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond) // work that runs no statement
+		return nil
+	}), safesync.LockCheckInterval(50*time.Millisecond)))(context.Background())
+	if !errors.Is(err, safesync.ErrLockLost) || errors.Is(err, safesync.ErrCommitUnknown) || !safesync.DefaultRetryable(err) {
+		t.Fatalf("err = %v; want a retryable ErrLockLost before COMMIT", err)
+	}
+	if got := amountOf(t, killer, table, 1); got != 0 {
+		t.Fatalf("amount = %d, want 0: the transaction must roll back", got)
+	}
+	if took := time.Since(start); took > 800*time.Millisecond {
+		t.Fatalf("WithTx took %v for 300 ms of work; nothing may wait for a pooled connection", took)
+	}
 }
