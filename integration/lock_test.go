@@ -588,3 +588,33 @@ func TestAdvisoryLockLostWhileThePoolIsFullIsFoundBeforeCommit(t *testing.T) {
 		t.Fatalf("WithTx took %v for 300 ms of work; nothing may wait for a pooled connection", took)
 	}
 }
+
+// Regression (issue 11, item 11): a GET_LOCK timeout was not retried by
+// default although an InnoDB lock wait timeout (1205) was. Another session
+// holds the lock for 300 ms; a transaction whose GET_LOCK waits 100 ms
+// times out, is retried as a new transaction, and gets the lock.
+func TestAdvisoryLockTimeoutIsRetriedByDefault(t *testing.T) {
+	db := openMySQL(t, nil)
+	unique := uniqueName(t, "lt")
+	name := "retry:" + unique[len(unique)-8:]
+	holder, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(context.Background(), "DO GET_LOCK(?, 0)", name); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() { _, _ = holder.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", name) })
+	var reasons []string
+	policy := safesync.Constant(20 * time.Millisecond).WithMetrics(nil).
+		WithOnRetry(func(e safesync.RetryEvent) { reasons = append(reasons, e.Reason) })
+	ran := false
+	_, err = safesync.Retry(policy, safesync.WithTx(db, safesync.WithAdvisoryLock(name, 100*time.Millisecond, safesync.NoResult(func(context.Context, *safesync.Tx) error {
+		ran = true
+		return nil
+	}))))(context.Background())
+	if err != nil || !ran || len(reasons) == 0 || reasons[0] != safesync.ReasonLockWait {
+		t.Fatalf("err = %v, fn ran = %v, retries %v; want success after lock_wait retries", err, ran, reasons)
+	}
+}
