@@ -162,7 +162,7 @@ func connect(ctx context.Context, o options) (*services, error) {
 	}
 	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: o.redisAddr == ""})
 	if err != nil {
-		return s, fmt.Errorf("Redis at %s: %w", addr, err)
+		return s, fmt.Errorf("connect to Redis at %s: %w", addr, err)
 	}
 	s.rdb = rdb
 	s.closers = append(s.closers, rdb.Close)
