@@ -68,11 +68,10 @@ func JSON[T any](opts ...JSONOption) Decoder[T] {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	keys := &keyChecker{exact: cfg.exactKeys}
-	checkKeys := keys.needed(reflect.TypeFor[T](), map[reflect.Type]bool{})
+	keys := newKeyChecker(reflect.TypeFor[T](), cfg.exactKeys)
 	return func(fields map[string]string) (T, error) {
 		v, err := decodeJSON[T](fields)
-		if err != nil || !checkKeys {
+		if err != nil || keys == nil {
 			return v, err
 		}
 		if err := keys.check([]byte(fields[DataField]), reflect.TypeFor[T]()); err != nil {

@@ -212,11 +212,15 @@ func TestJSONKeyMatching(t *testing.T) {
 		`{"Seq": 9, "seq": 1}`,
 		`{"inner": {"level": 1, "Level": 2}}`,
 		`{"Note": "a", "note": "b"}`,
+		`{"s\u0065q": 1, "SEQ": 9}`,
 	} {
 		_, err := decode(data)
 		if !errors.Is(err, safesync.ErrDecode) || !strings.Contains(err.Error(), "both") {
 			t.Errorf("%s: err = %v; want ErrDecode: two keys for one field", data, err)
 		}
+	}
+	if v, err := decode(`{"seq": 1, "other": {"SEQ": 2, "seq": 3}}`); err != nil || v.Seq != 1 {
+		t.Errorf("keys inside a value no field takes are not matched: %+v, %v", v, err)
 	}
 	if v, err := decode(`{"seq": 1, "seq": 2}`); err != nil || v.Seq != 2 {
 		t.Errorf("a key repeated exactly: %+v, %v; want the last value, as Python's json.loads", v, err)

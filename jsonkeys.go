@@ -17,6 +17,11 @@ import (
 // else Go name; embedded structs promote their fields; "-" skips).
 type keyChecker struct {
 	exact bool
+	// names and folded are the JSON names, as written and lower-cased, of
+	// every field of every struct type a T can hold: a document whose keys
+	// all are one of names, or match no name even when case is ignored,
+	// cannot fill a field under another spelling, and is not walked.
+	names, folded map[string]bool
 }
 
 // jsonField is one field of a struct as encoding/json names it.
@@ -39,27 +44,40 @@ func decodesItself(t reflect.Type) bool {
 		t.Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler)
 }
 
-// needed reports whether values of t can hold a struct whose keys must be
-// checked; for map[string]any, say, nothing needs checking.
-func (c *keyChecker) needed(t reflect.Type, seen map[reflect.Type]bool) bool {
-	if t == nil || seen[t] {
-		return false
+// newKeyChecker returns the checker for documents decoded into a t, or nil
+// when a t holds no struct whose keys could be checked (map[string]any, say).
+func newKeyChecker(t reflect.Type, exact bool) *keyChecker {
+	c := &keyChecker{exact: exact, names: map[string]bool{}, folded: map[string]bool{}}
+	c.collect(t, map[reflect.Type]bool{})
+	if len(c.names) == 0 {
+		return nil
+	}
+	return c
+}
+
+// collect adds the field names of every struct type values of t can hold.
+func (c *keyChecker) collect(t reflect.Type, seen map[reflect.Type]bool) {
+	if t == nil || seen[t] || decodesItself(t) {
+		return
 	}
 	seen[t] = true
-	if decodesItself(t) {
-		return false
-	}
 	switch t.Kind() {
 	case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map:
-		return c.needed(t.Elem(), seen)
+		c.collect(t.Elem(), seen)
 	case reflect.Struct:
-		return len(jsonFieldsOf(t)) > 0
+		for _, f := range jsonFieldsOf(t) {
+			c.names[f.name] = true
+			c.folded[strings.ToLower(f.name)] = true
+			c.collect(f.typ, seen)
+		}
 	}
-	return false
 }
 
 // check walks data, which json.Unmarshal accepted into a t.
 func (c *keyChecker) check(data []byte, t reflect.Type) error {
+	if !c.mayMisspell(data) {
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return c.value(dec, t)
@@ -131,6 +149,40 @@ func (c *keyChecker) value(dec *json.Decoder, t reflect.Type) error {
 	}
 	_, err = dec.Token()
 	return err
+}
+
+// mayMisspell reports whether valid JSON data has an object key that could
+// fill a field under another spelling than the field's own: one that is no
+// field name as written but is one when case is ignored, or one with an
+// escape (not read here). Other documents need no walk.
+func (c *keyChecker) mayMisspell(data []byte) bool {
+	for i := 0; i < len(data); i++ {
+		if data[i] != '"' {
+			continue
+		}
+		start, escaped := i+1, false
+		for i++; data[i] != '"'; i++ {
+			if data[i] == '\\' {
+				escaped = true
+				i++
+			}
+		}
+		j := i + 1
+		for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\n' || data[j] == '\r') {
+			j++
+		}
+		if j == len(data) || data[j] != ':' {
+			continue // a string value, not a key
+		}
+		key := data[start:i]
+		if escaped {
+			return true
+		}
+		if !c.names[string(key)] && c.folded[strings.ToLower(string(key))] {
+			return true
+		}
+	}
+	return false
 }
 
 // matchJSONField finds the field key fills: an exact match first, else one
