@@ -76,9 +76,15 @@ func newChart(name string, pts []point, now time.Time, window time.Duration, st 
 		}
 		return c
 	}
+	// The x axis spans the window, or the samples when they cover less.
 	start := now.Add(-window)
+	if pts[0].At.After(start) {
+		start = pts[0].At
+	}
+	span := max(now.Sub(start), time.Second)
+	c.Span = human(span)
 	x := func(at time.Time) float64 {
-		return max(0, min(float64(c.W), float64(at.Sub(start))/float64(window)*float64(c.W)))
+		return max(0, min(float64(c.W), float64(at.Sub(start))/float64(span)*float64(c.W)))
 	}
 	pad := 2.0
 	y := func(v, top float64) float64 {

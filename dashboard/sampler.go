@@ -84,7 +84,10 @@ func (s *sampler) run(ctx context.Context, cancel context.CancelFunc, prev, done
 	for {
 		s.sample(ctx)
 		select {
-		case <-ctx.Done():
+		case <-ctx.Done(): // close: no other goroutine starts after this one
+			s.mu.Lock()
+			s.running = false
+			s.mu.Unlock()
 			return
 		case <-t.C:
 		}
