@@ -67,7 +67,9 @@ func runServe(ctx context.Context, a *app, x *ops.Ops, g globals, o *options) er
 		SampleInterval: o.sampleInterval, SampleWindow: o.sampleWindow, Now: a.now,
 	})
 	if err != nil {
-		return usagef("%s", strings.TrimPrefix(err.Error(), "safesync/dashboard: "))
+		flagNames := strings.NewReplacer("safesync/dashboard: ", "", "Options.ClaimIdle", "--claim-idle", "Options.Match", "--match",
+			"Options.SampleInterval", "--sample-interval", "Options.SampleWindow", "--sample-window", "SampleWindow", "--sample-window")
+		return usagef("%s", flagNames.Replace(err.Error()))
 	}
 	defer dash.Close()
 	mux := http.NewServeMux()
