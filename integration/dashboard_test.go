@@ -275,7 +275,7 @@ func TestDashboardShowsAPartitionedStreamAsOneWithItsPartitions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dead := client.B().Xadd().Key(keys[2] + safesync.DeadLetterSuffix).Id("*").FieldValue().
+	dead := client.B().Xadd().Key(keys[2]+safesync.DeadLetterSuffix).Id("*").FieldValue().
 		FieldValue(safesync.DeadLetterFieldStream, keys[2]).FieldValue(safesync.DeadLetterFieldGroup, "workers").
 		FieldValue(safesync.DeadLetterFieldID, "1-0").FieldValue(safesync.DeadLetterFieldReason, safesync.DeadLetterHandler).
 		FieldValue("data", `{"n":2}`).Build()
