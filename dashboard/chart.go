@@ -7,13 +7,14 @@ import (
 )
 
 // chart is an SVG line chart of a stream's samples, drawn on the server:
-// entries handled per second and pending entries over the sampling
-// window, each line scaled to its own maximum.
+// entries handled per second (upper band) and pending entries (lower
+// band) over the sampling window, each line scaled to its own maximum.
 type chart struct {
 	// Note says why there is nothing to draw, when Series is empty.
 	Note   string
 	Class  string // "spark" or "wide"
 	W, H   int
+	Mid    int // the line between the two bands
 	Series []line
 	Span   string // how far back the chart goes
 	Label  string // for screen readers
@@ -61,9 +62,9 @@ func currentRate(pts []point) float64 {
 
 // newChart draws pts over the window ending at now.
 func newChart(name string, pts []point, now time.Time, window time.Duration, st samplingState, wide bool) chart {
-	c := chart{Class: "spark", W: 160, H: 36, Span: human(window), Label: "Throughput and pending entries of " + name}
+	c := chart{Class: "spark", W: 160, H: 40, Span: human(window), Label: "Throughput and pending entries of " + name}
 	if wide {
-		c.Class, c.W, c.H = "wide", 600, 140
+		c.Class, c.W, c.H = "wide", 600, 160
 	}
 	switch {
 	case !st.Enabled:
@@ -86,12 +87,16 @@ func newChart(name string, pts []point, now time.Time, window time.Duration, st 
 	x := func(at time.Time) float64 {
 		return max(0, min(float64(c.W), float64(at.Sub(start))/float64(span)*float64(c.W)))
 	}
-	pad := 2.0
-	y := func(v, top float64) float64 {
+	// Each line has a band of its own, handled/s above and pending below,
+	// scaled to its own maximum, so that neither hides the other.
+	band := float64(c.H) / 2
+	pad := 3.0
+	y := func(i int, v, top float64) float64 {
+		bottom := band*float64(i+1) - pad
 		if top <= 0 {
-			return float64(c.H) - pad
+			return bottom
 		}
-		return float64(c.H) - pad - v/top*(float64(c.H)-2*pad)
+		return bottom - v/top*(band-2*pad)
 	}
 
 	rs := rates(pts)
@@ -101,7 +106,7 @@ func newChart(name string, pts []point, now time.Time, window time.Duration, st 
 	}
 	var b strings.Builder
 	for _, r := range rs {
-		b.WriteString(coord(x(r.at), y(r.v, top)))
+		b.WriteString(coord(x(r.at), y(0, r.v, top)))
 	}
 	c.Series = append(c.Series, line{Name: "handled/s", Class: "handled", Points: strings.TrimSpace(b.String()),
 		Last: perSecond(rs[len(rs)-1].v), Max: perSecond(top)})
@@ -112,10 +117,11 @@ func newChart(name string, pts []point, now time.Time, window time.Duration, st 
 	}
 	b.Reset()
 	for _, p := range pts {
-		b.WriteString(coord(x(p.At), y(float64(p.Pending), float64(ptop))))
+		b.WriteString(coord(x(p.At), y(1, float64(p.Pending), float64(ptop))))
 	}
 	c.Series = append(c.Series, line{Name: "pending", Class: "pending", Points: strings.TrimSpace(b.String()),
 		Last: strconv.FormatInt(pts[len(pts)-1].Pending, 10), Max: strconv.FormatInt(ptop, 10)})
+	c.Mid = c.H / 2
 	return c
 }
 
