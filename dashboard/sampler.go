@@ -32,6 +32,9 @@ type sampler struct {
 	done     chan struct{}      // closed when the last goroutine ends
 }
 
+// sampleTimeout bounds one sample.
+const sampleTimeout = 30 * time.Second
+
 // point is one sample of a stream.
 type point struct {
 	At      time.Time
@@ -106,7 +109,9 @@ func (s *sampler) run(ctx context.Context, cancel context.CancelFunc, prev, done
 // sample reads the streams once and appends a point to each one's series,
 // forgetting points older than the window.
 func (s *sampler) sample(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, min(s.interval, 30*time.Second))
+	// A slow sample delays the next (the ticker drops ticks), never more
+	// than sampleTimeout; Close ends it at once.
+	ctx, cancel := context.WithTimeout(ctx, sampleTimeout)
 	defer cancel()
 	page, err := s.ops.Streams(ctx, ops.StreamsQuery{Match: s.match, Limit: s.max})
 	now := s.now()
