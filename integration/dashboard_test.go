@@ -237,7 +237,7 @@ func TestDashboardFlagsConsumersIdlePastClaimIdle(t *testing.T) {
 
 	site := newDashSite(t, x, dashboard.Options{Match: stream + "*", ClaimIdle: time.Second})
 	_, body := site.get("group?stream=" + stream + "&group=workers")
-	rows := regexp.MustCompile(`(?s)<tr( class="stale")?>\s*<td>(gone|busy)</td>`).FindAllStringSubmatch(body, -1)
+	rows := regexp.MustCompile(`(?s)<tr( class="stale")?>\s*<td[^>]*>(gone|busy)</td>`).FindAllStringSubmatch(body, -1)
 	flagged := map[string]bool{}
 	for _, m := range rows {
 		flagged[m[2]] = m[1] != ""
