@@ -109,6 +109,11 @@ func TestDashboardInAHeadlessBrowser(t *testing.T) {
 				document.querySelector('#streams').textContent.includes('3 partitions'));
 		})()`, s.orders, s.payments.Name(), fmt.Sprint(deadWanted)))
 	b.screenshot("overview.png")
+	// The script ran (under the pages' Content-Security-Policy): it shows
+	// the auto-refresh switch it drives.
+	if b.eval(`document.querySelector('label.refresh').hidden ? 0 : 1`) != 1 {
+		t.Error("the auto-refresh switch is hidden: the page's script did not run")
+	}
 
 	// A stream's page, reached by its link: groups, consumers, chart.
 	b.click(fmt.Sprintf(`a[href="stream?name=%s"]`, orders))
@@ -130,6 +135,14 @@ func TestDashboardInAHeadlessBrowser(t *testing.T) {
 		t.Fatalf("the dead-letter browser lists %d dead letters, want %d", n, deadWanted)
 	}
 	b.screenshot("dead-letters.png")
+	// "Replay selected" waits for a selection; "select all" makes one.
+	if b.eval(`document.querySelector('#replay-selected').disabled ? 1 : 0`) != 1 {
+		t.Error("replay selected is enabled with nothing selected")
+	}
+	b.step("select all", chromedp.Click(chromedp.CSS("#select-all"), chromedp.NodeVisible))
+	if n := b.count("#deadletters input[name=id]:checked"); n != deadWanted || b.eval(`document.querySelector('#replay-selected').disabled ? 1 : 0`) != 0 {
+		t.Errorf("after select all: %d selected of %d, replay selected enabled: %v", n, deadWanted, b.eval(`document.querySelector('#replay-selected').disabled ? 0 : 1`) == 1)
+	}
 	b.navigate(base + "dead?stream=" + orders + "&reason=max_deliveries")
 	flaky := 0
 	for _, o := range first {
