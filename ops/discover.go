@@ -47,6 +47,14 @@ type StreamSummary struct {
 	OldestPendingAge time.Duration `json:"oldest_pending_age_ns"`
 	// DeadLetters is the number of entries of its dead-letter streams.
 	DeadLetters int64 `json:"dead_letters"`
+	// Handled is the number of entries its groups are done with
+	// (acknowledged, which includes those moved to a dead-letter stream),
+	// summed over groups: for each group, the entries delivered to it less
+	// those pending, where Redis reports the entries delivered
+	// (GroupInfo.EntriesRead), else the stream's length less the group's
+	// lag and pending entries (which trimming the stream lowers). Its growth
+	// between two calls is the stream's throughput.
+	Handled int64 `json:"handled"`
 	// Target is what to pass to the other methods for this stream.
 	Target Target `json:"target"`
 }
@@ -118,6 +126,11 @@ func summarize(t Target, info StreamInfo) StreamSummary {
 			s.Lag, s.LagAtLeast = g.Lag, g.LagAtLeast
 		}
 		s.OldestPendingAge = max(s.OldestPendingAge, g.OldestPendingAge)
+		if g.EntriesReadReported {
+			s.Handled += max(g.EntriesRead-g.Pending, 0)
+		} else {
+			s.Handled += max(info.Length-g.Lag-g.Pending, 0)
+		}
 	}
 	return s
 }

@@ -59,6 +59,12 @@ type GroupInfo struct {
 	// LastDeliveredID is the id of the last entry delivered to the group
 	// (empty for a partitioned stream as a whole).
 	LastDeliveredID string `json:"last_delivered_id,omitempty"`
+	// EntriesRead is the number of entries delivered to the group, as
+	// Redis 7 reports it (entries-read), summed over partitions;
+	// EntriesReadReported is false where Redis did not report it (Redis
+	// 6.2, or on any partition of a partitioned stream).
+	EntriesRead         int64 `json:"entries_read,omitempty"`
+	EntriesReadReported bool  `json:"entries_read_reported,omitempty"`
 	// OldestPendingID is the pending entry with the oldest id, in
 	// OldestPendingStream, and OldestPendingAge the time since that id was
 	// generated: how long the oldest unfinished entry has been in the
@@ -103,8 +109,9 @@ type keyState struct {
 // rawGroup is one group of XINFO GROUPS.
 type rawGroup struct {
 	name, lastDelivered string
-	lag                 int64
+	lag, read           int64
 	lagReported         bool
+	readReported        bool
 }
 
 func (o *Ops) inspect(ctx context.Context, t Target, deadByGroup bool) (StreamInfo, error) {
@@ -174,7 +181,7 @@ func (o *Ops) inspect(ctx context.Context, t Target, deadByGroup bool) (StreamIn
 		for _, g := range p.Groups {
 			agg := byName[g.Name]
 			if agg == nil {
-				agg = &GroupInfo{Name: g.Name, DeadLetters: deadCounts[g.Name]}
+				agg = &GroupInfo{Name: g.Name, DeadLetters: deadCounts[g.Name], EntriesReadReported: true}
 				byName[g.Name] = agg
 			}
 			mergeGroup(agg, g)
@@ -222,6 +229,10 @@ func parseKeyState(key string, res []rueidis.RedisResult) (keyState, error) {
 		rg := rawGroup{name: mapString(m, "name"), lastDelivered: mapString(m, "last-delivered-id")}
 		read, hasRead := m["entries-read"]
 		lag, hasLag := m["lag"]
+		if hasRead && !read.IsNil() {
+			rg.read, err = read.AsInt64()
+			rg.readReported = err == nil
+		}
 		if hasRead && hasLag && !read.IsNil() && !lag.IsNil() {
 			rg.lag, err = lag.AsInt64()
 			rg.lagReported = err == nil
@@ -253,7 +264,8 @@ func (o *Ops) describeGroups(ctx context.Context, keys []keyState) error {
 		ks := &keys[ki]
 		key := ks.info.Name
 		for _, rg := range ks.groups {
-			g := GroupInfo{Name: rg.name, LastDeliveredID: rg.lastDelivered, Consumers: []ConsumerInfo{}}
+			g := GroupInfo{Name: rg.name, LastDeliveredID: rg.lastDelivered, Consumers: []ConsumerInfo{},
+				EntriesRead: rg.read, EntriesReadReported: rg.readReported}
 			consumers, err := res[i].ToArray()
 			if err != nil {
 				return keyErr("XINFO CONSUMERS", key, err)
@@ -359,6 +371,8 @@ func (o *Ops) countDeadByGroup(ctx context.Context, dead []string) (map[string]i
 func mergeGroup(agg *GroupInfo, g GroupInfo) {
 	agg.Pending += g.Pending
 	agg.Lag += g.Lag
+	agg.EntriesRead += g.EntriesRead
+	agg.EntriesReadReported = agg.EntriesReadReported && g.EntriesReadReported
 	agg.LagCounted = agg.LagCounted || g.LagCounted
 	agg.LagAtLeast = agg.LagAtLeast || g.LagAtLeast
 	if g.OldestPendingID != "" && (agg.OldestPendingID == "" || g.OldestPendingAge > agg.OldestPendingAge) {

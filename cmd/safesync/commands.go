@@ -58,6 +58,12 @@ type options struct {
 	all, dryRun, yes      bool
 	stripOrigin           bool
 	rate                  float64
+
+	// serve's
+	listen, prefix               string
+	allowActions, allowRemote    bool
+	claimIdle                    time.Duration
+	sampleInterval, sampleWindow time.Duration
 }
 
 // command is one subcommand.
@@ -76,7 +82,7 @@ type command struct {
 // them; help lists them in the order of commandOrder.
 var commands []*command
 
-var commandOrder = []string{"streams", "pending", "dead list", "dead show", "dead replay", "dead purge"}
+var commandOrder = []string{"streams", "pending", "dead list", "dead show", "dead replay", "dead purge", "serve"}
 
 // ordered returns the commands in commandOrder.
 func ordered() []*command {

@@ -1,6 +1,7 @@
 // Command safesync inspects and repairs the Redis side of a safesync
 // deployment: streams, consumer groups, pending entries and dead letters,
-// which it lists, shows, replays (exactly once, with Once) and purges.
+// which it lists, shows, replays (exactly once, with Once) and purges;
+// "safesync serve" serves the same as a web dashboard (package dashboard).
 //
 // Install it with
 //

@@ -226,6 +226,8 @@ var sessions = []struct {
 		"pending --stream orders --group nobody", "dead show --stream orders", "dead show --stream orders --id 1-0", "dead list",
 		"dead list --stream orders --since yesterday", "dead list --stream orders --after garbage", "--redis 127.0.0.1:1 streams",
 		"dead replay --stream orders --all --rate -1"}},
+	{"serve", []string{"serve -h", "serve --listen nowhere", "serve --listen 0.0.0.0:0", "serve --listen '[::]:8080'",
+		"serve --listen 127.0.0.1:0 --match '['", "serve --listen 127.0.0.1:0 --sample-interval 1h"}},
 }
 
 func TestSessionsMatchTheirGoldenTranscripts(t *testing.T) {
