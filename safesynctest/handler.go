@@ -161,7 +161,9 @@ func allSettled(tb testing.TB, client rueidis.Client, dead string, ids []string,
 // own transaction on db, as in
 // safesync.Stream(safesync.JSON[T]()).Handle(h).AckAfter(safesync.Commit(db)),
 // and is acknowledged only after that transaction committed. Pair it with
-// NewMySQL to unit-test a handler's database effects with no service.
+// mysqltest.New (package github.com/safesync-go/safesync/safesynctest/mysqltest,
+// a module of its own: an in-process MySQL-compatible engine) to unit-test a
+// handler's database effects with no service.
 func HandleTxJSON[T any](tb testing.TB, db *sql.DB, h safesync.TxHandler[T], values ...T) HandlerReport[T] {
 	tb.Helper()
 	inTx := func(ctx context.Context, msg safesync.Message[T]) error {
