@@ -174,9 +174,9 @@ func TestOutboxRelaysCommittedEventsInOrderAndNothingRolledBack(t *testing.T) {
 	publish(t, s.db, w, false, event{Key: "k", Seq: 31, Event: "31"}, event{Key: "k", Seq: 32, Event: "32"})
 	_, stop := runRelay(t, s.db, s.rdb, s.config())
 
-	xs := waitEntries(t, s.rdb, s.stream, 26, 10*time.Second)
+	waitEntries(t, s.rdb, s.stream, 26, 10*time.Second)
 	time.Sleep(200 * time.Millisecond) // nothing more may come
-	xs = safesynctest.Entries(t, s.rdb, s.stream)
+	xs := safesynctest.Entries(t, s.rdb, s.stream)
 	evs := decodeEvents(t, xs)
 	var want []int64
 	for i := int64(1); i <= 32; i++ {
