@@ -520,3 +520,71 @@ func TestOutboxEventsRelayedTwiceAreAppliedOnceByOnce(t *testing.T) {
 		}
 	}
 }
+
+// A stream whose adds fail (its key holds a string) does not hold up the
+// others: its rows wait, in order, counted in the backlog gauges and the
+// error counter, and go once the key is fixed.
+func TestOutboxAFailingStreamWaitsInOrderWithoutHoldingUpTheOthers(t *testing.T) {
+	s := newOutboxSetup(t)
+	broken := "{" + uniqueName(t, "obx") + "}"
+	deleteKeysAtEnd(t, s.rdb, broken)
+	ctx := context.Background()
+	if err := s.rdb.Do(ctx, s.rdb.B().Set().Key(broken).Value("not a stream").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	good := safesync.ToOutbox[event](s.table, s.stream)
+	bad := safesync.ToOutbox[event](s.table, broken)
+	for i := range 10 {
+		publish(t, s.db, bad, false, event{Seq: int64(i)})
+		publish(t, s.db, good, false, event{Seq: int64(i)})
+	}
+	_, stop := runRelay(t, s.db, s.rdb, s.config())
+	waitEntries(t, s.rdb, s.stream, 10, 10*time.Second)
+	labels := map[string]string{"outbox": s.table}
+	if err := pollUntil(10*time.Second, "backlog gauge", func() (bool, error) {
+		return safesynctest.MetricValue(t, s.reg, "coti_safesync_outbox_backlog_rows", labels) == 10, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if age := safesynctest.MetricValue(t, s.reg, "coti_safesync_outbox_oldest_unrelayed_age_seconds", labels); age <= 0 {
+		t.Errorf("oldest unrelayed age = %v, want positive", age)
+	}
+	if n := safesynctest.MetricValue(t, s.reg, "coti_safesync_outbox_relay_errors_total", map[string]string{"outbox": s.table, "stage": "xadd"}); n == 0 {
+		t.Error("no xadd error counted")
+	}
+	publish(t, s.db, good, false, event{Seq: 10})
+	waitEntries(t, s.rdb, s.stream, 11, 10*time.Second)
+
+	if err := s.rdb.Do(ctx, s.rdb.B().Del().Key(broken).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	xs := waitEntries(t, s.rdb, broken, 10, 20*time.Second)
+	for i, e := range decodeEvents(t, xs) {
+		if e.Seq != int64(i) {
+			t.Fatalf("entry %d of the fixed stream is event %d: out of order", i, e.Seq)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, s.db, s.table); n != 0 {
+		t.Fatalf("%d rows left", n)
+	}
+}
+
+func TestOutboxRelayRunFailsWhenItsTableDoesNotExist(t *testing.T) {
+	db := openMySQL(t, nil)
+	r, err := safesync.NewRelay(db, openRedis(t), safesync.RelayConfig{Table: uniqueName(t, "missing"), LockName: uniqueLockName(), Metrics: nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = r.Run(ctx)
+	if err == nil || ctx.Err() != nil || mysqlErrorNumber(err) != 1146 {
+		t.Fatalf("Run = %v (ctx %v); want MySQL error 1146 at once", err, ctx.Err())
+	}
+	if r.Leading() {
+		t.Fatal("still leading after Run returned")
+	}
+}
