@@ -136,7 +136,7 @@ func (t *leaderTerm) readQuery(excluded int) string {
 	var b strings.Builder
 	b.WriteString("SELECT " + relayColumns + " FROM " + t.r.quoted)
 	if !t.r.cfg.KeepRelayed {
-		b.WriteString(" FORCE INDEX (PRIMARY)")
+		b.WriteString(" FORCE INDEX (`PRIMARY`)")
 	}
 	b.WriteString(" WHERE relayed_at IS NULL")
 	if excluded > 0 {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -127,7 +128,7 @@ func TestOutboxRelayOnTheEmbeddedEngine(t *testing.T) {
 		}
 	}
 	m, reg := safesynctest.NewMetrics(t)
-	relay, err := safesync.NewRelay(relayDB, rdb, safesync.RelayConfig{Table: "outbox", Metrics: m, StatsInterval: time.Millisecond, PollMax: 20 * time.Millisecond})
+	relay, err := safesync.NewRelay(relayDB, rdb, safesync.RelayConfig{Table: "outbox", Metrics: m, StatsInterval: time.Millisecond, PollMax: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
