@@ -248,7 +248,7 @@ func Example_outbox() {
 	go func() { done <- relay.Run(runCtx) }()
 
 	var entries []rueidis.XRangeEntry
-	for len(entries) < 2 {
+	for deadline := time.Now().Add(10 * time.Second); len(entries) < 2 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		entries, _ = rdb.Do(ctx, rdb.B().Xrange().Key("balances").Start("-").End("+").Build()).AsXRange()
 	}
