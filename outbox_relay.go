@@ -335,21 +335,23 @@ func isSchemaError(err error) bool {
 
 // session takes one connection, stands by on it until it holds the lock,
 // and leads until it loses the lock, the connection fails or ctx ends.
-// progressed reports whether it became the leader.
+// progressed reports whether it became the leader. The connection is
+// closed at the end, never returned to the pool: its session is the
+// relay's (autocommit on, whatever the DSN says).
 func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	conn, err := r.db.Conn(ctx)
 	if err != nil {
 		r.metrics.countError(relayStageLock)
 		return false, fmt.Errorf("acquire connection: %w", err)
 	}
-	clean := false
-	defer func() {
-		if clean {
-			conn.Close()
-		} else {
-			discardConn(conn)
-		}
-	}()
+	defer discardConn(conn)
+	// Every statement of the relay commits on its own: a DSN with
+	// autocommit=0 would keep its reads in one snapshot and its deletes
+	// uncommitted.
+	if _, err := conn.ExecContext(ctx, "SET autocommit = 1"); err != nil {
+		r.metrics.countError(relayStageLock)
+		return false, err
+	}
 	if r.lockName == "" {
 		var database sql.NullString
 		if err := conn.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&database); err != nil {
@@ -382,20 +384,27 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	r.log.Info("safesync: outbox relay leads", "lock", r.lockName, "connection", connID)
 	err = r.lead(ctx, conn, connID)
 	if ctx.Err() != nil && err == nil {
-		clean = r.release(conn)
+		r.release(conn)
 	}
 	return true, err
 }
 
 // release gives the lock up on the leader's connection at shutdown, so
-// that a standby takes over without waiting for the session to end, and
-// reports whether the connection may go back to the pool.
-func (r *Relay) release(conn *sql.Conn) bool {
+// that a standby takes over at once rather than when the server has ended
+// the closed connection's session. A failure is counted and logged, and
+// does no harm: closing the connection frees the lock too.
+func (r *Relay) release(conn *sql.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultHookTimeout)
 	defer cancel()
 	var released sql.NullInt64
 	err := conn.QueryRowContext(ctx, "SELECT RELEASE_LOCK(?)", r.lockName).Scan(&released)
-	return err == nil && released.Valid && released.Int64 == 1
+	if err == nil && (!released.Valid || released.Int64 != 1) {
+		err = fmt.Errorf("%w: %q was not held at release", ErrLockLost, r.lockName)
+	}
+	if err != nil {
+		r.metrics.countError(relayStageLock)
+		r.log.Warn("safesync: outbox relay: release the lock at shutdown (closing its connection frees it)", "error", err)
+	}
 }
 
 // relayLockName is the default leader lock of an outbox: readable when it

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
@@ -586,5 +587,29 @@ func TestOutboxRelayRunFailsWhenItsTableDoesNotExist(t *testing.T) {
 	}
 	if r.Leading() {
 		t.Fatal("still leading after Run returned")
+	}
+}
+
+// A DSN with autocommit=0 would keep a relay's reads in one snapshot and
+// its deletes uncommitted; the relay's connection sets autocommit on.
+func TestOutboxRelayCommitsItsDeletesWhenTheDSNTurnsAutocommitOff(t *testing.T) {
+	s := newOutboxSetup(t)
+	off := openMySQL(t, func(c *mysql.Config) {
+		if c.Params == nil {
+			c.Params = map[string]string{}
+		}
+		c.Params["autocommit"] = "0"
+	})
+	w := safesync.ToOutbox[event](s.table, s.stream)
+	_, stop := runRelay(t, off, s.rdb, s.config())
+	for i := range 3 {
+		publish(t, s.db, w, false, event{Seq: int64(i)})
+		waitEntries(t, s.rdb, s.stream, i+1, 10*time.Second)
+	}
+	if err := pollUntil(10*time.Second, "outbox empty", func() (bool, error) { return countRows(t, s.db, s.table) == 0, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
