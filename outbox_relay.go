@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/redis/rueidis"
 )
@@ -77,10 +76,11 @@ type RelayConfig struct {
 	// from new ones: delivery into the stream becomes at-least-once.
 	PlainEntries bool
 
-	// LockName is the advisory lock that elects the leader. The default is
-	// "safesync_outbox:" + database + "." + Table (database from DATABASE()
-	// on the relay's connection), or, when that is longer than
-	// MaxLockNameLength, "safesync_outbox:" and a hash of it. Advisory
+	// LockName is the advisory lock that elects the leader (see
+	// ValidateLockName). The default is "safesync_outbox:" + database + "."
+	// + Table (database from DATABASE() on the relay's connection), or,
+	// when that is longer than MaxLockNameLength or has upper case,
+	// "safesync_outbox:" and a hash of it. Advisory
 	// locks are server-wide: every relay of one outbox must use the same
 	// name, and relays of different outboxes on one server different ones.
 	LockName string
@@ -127,10 +127,13 @@ func (c RelayConfig) Validate() error {
 		return bad("MaxLen", "is negative (%d)", c.MaxLen)
 	case len(c.Origin) > 255:
 		return bad("Origin", "is %d bytes, more than 255 (the exactly-once table's stream column)", len(c.Origin))
-	case utf8.RuneCountInString(c.LockName) > MaxLockNameLength:
-		return bad("LockName", "is longer than %d characters", MaxLockNameLength)
 	case c.PollMin > 0 && c.PollMax > 0 && c.PollMin > c.PollMax:
 		return bad("PollMin", "%v is more than PollMax %v", c.PollMin, c.PollMax)
+	}
+	if c.LockName != "" {
+		if err := ValidateLockName(c.LockName); err != nil {
+			return bad("LockName", "%v", err)
+		}
 	}
 	for _, d := range []struct {
 		field string
@@ -407,12 +410,14 @@ func (r *Relay) release(conn *sql.Conn) {
 	}
 }
 
-// relayLockName is the default leader lock of an outbox: readable when it
-// fits in MaxLockNameLength, a hash otherwise.
+// relayLockName is the default leader lock of an outbox: readable when
+// the server keeps it as it is (see ValidateLockName: at most
+// MaxLockNameLength characters, no upper case, which MySQL would fold onto
+// another table's name), a hash otherwise.
 func relayLockName(database, table string) string {
 	const prefix = "safesync_outbox:"
 	name := prefix + database + "." + table
-	if utf8.RuneCountInString(name) <= MaxLockNameLength {
+	if ValidateLockName(name) == nil {
 		return name
 	}
 	sum := sha256.Sum256([]byte(database + "." + table))

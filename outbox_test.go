@@ -145,6 +145,7 @@ func TestRelayConfigValidateNamesTheField(t *testing.T) {
 		{RelayConfig{Table: "t", MaxLen: -1}, "MaxLen"},
 		{RelayConfig{Table: "t", Origin: strings.Repeat("o", 256)}, "Origin"},
 		{RelayConfig{Table: "t", LockName: strings.Repeat("l", 65)}, "LockName"},
+		{RelayConfig{Table: "t", LockName: "Relay"}, "LockName"},
 		{RelayConfig{Table: "t", LockWait: -time.Second}, "LockWait"},
 		{RelayConfig{Table: "t", PollMin: 2 * time.Second, PollMax: time.Second}, "PollMin"},
 		{RelayConfig{Table: "t", StatsInterval: -1}, "StatsInterval"},
@@ -174,6 +175,12 @@ func TestRelayLockNameIsReadableWhenItFitsAndHashedWhenNot(t *testing.T) {
 	}
 	if long == relayLockName(strings.Repeat("d", 64), strings.Repeat("t", 63)+"u") {
 		t.Error("two long names hash alike")
+	}
+	// MySQL folds lock names to lower case: tables Outbox and outbox
+	// must not share a lock.
+	upper, lower := relayLockName("shop", "Outbox"), relayLockName("shop", "outbox")
+	if ValidateLockName(upper) != nil || strings.EqualFold(upper, lower) {
+		t.Errorf("lock names %q and %q: want valid names that differ in more than case", upper, lower)
 	}
 }
 
