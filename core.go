@@ -88,6 +88,8 @@ func (s *streamCore) rereadOwnPending() {
 
 // ensureGroup creates the group (and the stream) unless this consumer has
 // already seen it exist. BUSYGROUP, the group being there already, is fine.
+// A key of another type, the stream's or the dead-letter stream's, is an
+// error matching ErrWrongType, which retrying cannot fix.
 func (s *streamCore) ensureGroup(ctx context.Context) error {
 	s.groupMu.Lock()
 	defer s.groupMu.Unlock()
@@ -96,19 +98,43 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 	}
 	cmd := s.client.B().XgroupCreate().Key(s.cfg.Stream).Group(s.cfg.Group).Id(s.cfg.StartID).Mkstream().Build()
 	if err := s.client.Do(ctx, cmd).Error(); err != nil && !rueidis.IsRedisBusyGroup(err) {
-		return fmt.Errorf("safesync: create group %q on %q: %w", s.cfg.Group, s.cfg.Stream, err)
+		return s.explain(ctx, fmt.Sprintf("XGROUP CREATE %q %q", s.cfg.Stream, s.cfg.Group), s.cfg.Stream, err)
 	}
 	// A dead-letter key of another type would make the move's XADD fail
 	// inside MULTI while its XACK succeeds: refuse to start instead.
 	typ, err := s.client.Do(ctx, s.client.B().Type().Key(s.cfg.DeadLetterStream).Build()).ToString()
 	if err != nil {
-		return fmt.Errorf("safesync: check DeadLetterStream %q: %w", s.cfg.DeadLetterStream, err)
+		return fmt.Errorf("safesync: TYPE %q (the DeadLetterStream): %w", s.cfg.DeadLetterStream, err)
 	}
 	if typ != "none" && typ != "stream" {
-		return fmt.Errorf("safesync: DeadLetterStream %q holds a %s, not a stream", s.cfg.DeadLetterStream, typ)
+		return fmt.Errorf("%w: DeadLetterStream %q holds a %s, not a stream: the XADD of every dead letter would fail",
+			ErrWrongType, s.cfg.DeadLetterStream, typ)
 	}
 	s.groupReady = true
 	return nil
+}
+
+// ErrWrongType is matched by the error Run, RunBatch, ClaimStale and the
+// pipelines return at once when the stream's key or the dead-letter
+// stream's key holds another type than a stream. The error names the key,
+// its type and the command refused.
+var ErrWrongType = errors.New("safesync: key holds another type than a stream")
+
+// explain wraps err, the failure of command on key, naming both; a
+// WRONGTYPE refusal also names the type the key holds and matches
+// ErrWrongType.
+func (s *streamCore) explain(ctx context.Context, command, key string, err error) error {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) || !strings.HasPrefix(re.Error(), "WRONGTYPE") {
+		return fmt.Errorf("safesync: %s: %w", command, err)
+	}
+	ctx, cancel := quick(ctx)
+	defer cancel()
+	typ, typErr := s.client.Do(ctx, s.client.B().Type().Key(key).Build()).ToString()
+	if typErr != nil {
+		typ = "value of another type"
+	}
+	return fmt.Errorf("%w: %s: key %q holds a %s: %w", ErrWrongType, command, key, typ, err)
 }
 
 // forgetGroup makes the next ensureGroup check the group again, creating
@@ -365,12 +391,14 @@ var ErrConsumerRunning = errors.New("safesync: consumer is already running")
 // retryable reports whether a failed read or claim is worth retrying:
 // network errors and the Redis errors of a server that is loading, failing
 // over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …) are not.
+// It classifies with errors.As, so a wrapped Redis error is still seen as
+// one.
 func retryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrWrongType) {
 		return false
 	}
-	re, ok := rueidis.IsRedisErr(err)
-	if !ok {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) {
 		return true
 	}
 	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {

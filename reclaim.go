@@ -29,7 +29,7 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) er
 		if err != nil {
 			if !retryable(err) {
 				p.core.forgetGroup()
-				return fmt.Errorf("safesync: reclaim on %q: %w", p.core.cfg.Stream, err)
+				return p.core.explain(ctx, fmt.Sprintf("reclaim on %q (XAUTOCLAIM)", p.core.cfg.Stream), p.core.cfg.Stream, err)
 			}
 			p.core.log.Warn("safesync: reclaim failed; retrying", "error", err)
 			if !b.wait(ctx) {

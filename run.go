@@ -38,7 +38,8 @@ import (
 // Run returns nil after ctx is cancelled. It returns early with an error
 // when Redis refuses to create the group, or a read or claim, in a way
 // retrying cannot fix (the group was destroyed, or lost in a failover
-// before its creation reached the replica; a key holds another type);
+// before its creation reached the replica; NOPERM; a key holds another
+// type, ErrWrongType), naming the command and the key;
 // after a missing group, the next Run creates it again, from StartID;
 // lost connections and a server that is loading or failing over are
 // retried with backoff. Acknowledgements that failed, counted in
@@ -246,7 +247,7 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 			}
 			if !retryable(err) {
 				p.core.forgetGroup()
-				return fmt.Errorf("safesync: read %q: %w", p.core.cfg.Stream, err)
+				return p.core.explain(ctx, fmt.Sprintf("read %q (XREADGROUP)", p.core.cfg.Stream), p.core.cfg.Stream, err)
 			}
 			p.core.log.Warn("safesync: read failed; retrying", "error", err)
 			if !b.wait(ctx) {
