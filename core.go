@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,9 +151,9 @@ func (s *streamCore) forgetGroup() {
 
 // read returns up to count entries for this consumer: first its own pending
 // entries (a restarted consumer finishes what it was given), then new ones,
-// waiting up to Block for them, or until shortly before ctx's deadline. It
-// returns no entries and no error when that time passed without any. It is
-// safe for concurrent use.
+// waiting up to Block for them, or until ctx's deadline. It returns no
+// entries and no error when that time passed without any. It is safe for
+// concurrent use.
 //
 // acks, when not empty, are acknowledged in the same round trip as the
 // first read command (XACK then XREADGROUP, pipelined), or on their own
@@ -196,7 +197,10 @@ func (s *streamCore) read(ctx context.Context, count int, acks []string) (entrie
 	}
 	block := blockFor(ctx, s.cfg.Block)
 	if block <= 0 {
+		// ctx's deadline is less than deadlineMargin away: a read could not
+		// block, and a loop of reads that cannot would spin. Wait for it.
 		s.waited = false
+		<-ctx.Done()
 		return rawEntries{}, ackErr, nil
 	}
 	entries, _, err = s.readNew(ctx, count, block, nil)
@@ -431,6 +435,32 @@ func (b *readBackoff) wait(ctx context.Context) bool {
 		b.d = min(2*b.d, 5*time.Second)
 	}
 	return sleep(ctx, b.d)
+}
+
+// ended reports whether err, the failure of a command sent with ctx, is
+// ctx's end rather than a failure of Redis: ctx is done, or err is a
+// deadline error and ctx's deadline is due. rueidis reports the socket
+// deadline it derives from ctx as context.DeadlineExceeded, which can
+// arrive before ctx.Err() is set; ended then waits for ctx to be done.
+func ended(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	if !ok || time.Until(dl) > deadlineMargin {
+		return false
+	}
+	t := time.NewTimer(time.Until(dl) + deadlineMargin)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return ctx.Err() != nil
+	}
 }
 
 // sleep waits for d or until ctx ends, and reports whether ctx is live.

@@ -162,7 +162,8 @@ func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])
 // Run consumes cfg's stream with client until ctx is cancelled, applying
 // entries through the commit stage (see Consumer.RunBatch for reading,
 // reclaim, dead letters, concurrency and shutdown, and StreamConfig for
-// the defaults). It returns nil after ctx is cancelled and every in-flight
+// the defaults). It returns nil after ctx ended (cancelled or past its
+// deadline) and every in-flight
 // transaction has committed and been acknowledged or rolled back, and an
 // error for an invalid configuration or a failure Redis will not recover
 // from.
@@ -197,6 +198,9 @@ func (p Pipeline[T]) runOn(ctx context.Context, c *Consumer[T]) error {
 	if p.once != "" {
 		var err error
 		if r.marker, err = newDedupeMarker(ctx, p.commit.db, p.once, p.batch); err != nil {
+			if ended(ctx, err) {
+				return nil
+			}
 			return err
 		}
 		defer r.marker.close()

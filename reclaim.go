@@ -23,7 +23,7 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) er
 	var b readBackoff
 	for {
 		err := e.claimPass(ctx, p)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || (err != nil && ended(ctx, err)) {
 			return nil
 		}
 		if err != nil {

@@ -35,7 +35,9 @@ import (
 // every handler has returned and every acknowledgement has been sent; no
 // goroutine it started outlives it.
 //
-// Run returns nil after ctx is cancelled. It returns early with an error
+// Run returns nil once ctx has ended, cancelled or past its deadline;
+// near the deadline it waits for it rather than send reads that cannot
+// block. It returns early with an error
 // when Redis refuses to create the group, or a read or claim, in a way
 // retrying cannot fix (the group was destroyed, or lost in a failover
 // before its creation reached the replica; NOPERM; a key holds another
@@ -128,7 +130,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			if err == nil {
 				break
 			}
-			if ctx.Err() != nil {
+			if ended(ctx, err) {
 				return nil
 			}
 			if !retryable(err) {
@@ -242,7 +244,7 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 			p.acks.failed(ackErr)
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if ended(ctx, err) {
 				return nil
 			}
 			if !retryable(err) {

@@ -8,7 +8,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -86,5 +88,101 @@ func TestRunEndsAtOnceWhenAKeyHoldsAnotherType(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// countingClient counts the commands sent through it, by name.
+type countingClient struct {
+	rueidis.Client
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func newCountingClient(c rueidis.Client) *countingClient {
+	return &countingClient{Client: c, counts: map[string]int{}}
+}
+
+func (c *countingClient) note(cmds ...rueidis.Completed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cmd := range cmds {
+		if parts := cmd.Commands(); len(parts) > 0 {
+			c.counts[strings.ToUpper(parts[0])]++
+		}
+	}
+}
+
+func (c *countingClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	c.note(cmd)
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *countingClient) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	c.note(cmds...)
+	return c.Client.DoMulti(ctx, cmds...)
+}
+
+// count returns how many commands named name were sent.
+func (c *countingClient) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[name]
+}
+
+// Issue 11, item 2: with a ctx that ends by deadline, Run returned
+// "context deadline exceeded" in most runs (rueidis reports the socket
+// deadline it derives from ctx before ctx.Err() is set), and within the
+// last 150 ms before the deadline it spun on non-blocking reads. A ctx that
+// ended, by cancel or deadline, makes every Run return nil.
+func TestRunReturnsNilWhenItsCtxEndsByDeadline(t *testing.T) {
+	const runs = 100
+	for _, block := range []time.Duration{0, 20 * time.Millisecond} {
+		client := safesynctest.NewRedis(t)
+		for i := range 5 {
+			safesynctest.PublishJSON(t, client, "orders", item{N: i})
+		}
+		for name := range runners(t, client, defectConfig(nil)) {
+			t.Run(fmt.Sprintf("%s/Block=%v", name, block), func(t *testing.T) {
+				t.Parallel()
+				cfg := defectConfig(nil)
+				cfg.Consumer = name // parallel runs do not share a consumer name
+				cfg.Block, cfg.ClaimIdle, cfg.ClaimInterval = block, 10*time.Millisecond, 5*time.Millisecond
+				run := runners(t, client, cfg)[name]
+				failed := 0
+				for i := range runs {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(2+i%30)*time.Millisecond)
+					err := run(ctx)
+					cancel()
+					if err != nil {
+						if failed++; failed <= 3 {
+							t.Errorf("run %d: %v", i, err)
+						}
+					}
+				}
+				if failed > 0 {
+					t.Errorf("%d of %d runs returned an error, want 0", failed, runs)
+				}
+			})
+		}
+	}
+}
+
+// Issue 11, item 2, the spin: near its ctx's deadline, Run waits for it
+// instead of sending non-blocking reads in a loop.
+func TestRunDoesNotSpinNearItsDeadline(t *testing.T) {
+	client := newCountingClient(safesynctest.NewRedis(t))
+	cfg := defectConfig(nil) // Block 100ms
+	for name, run := range runners(t, client, cfg) {
+		before := client.count("XREADGROUP")
+		ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+		if err := run(ctx); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		cancel()
+		// Own pending, then new entries: one non-blocking and then
+		// blocking reads of 100 ms, the last one cut short.
+		if n := client.count("XREADGROUP") - before; n > 8 {
+			t.Errorf("%s sent %d reads in 400 ms with Block 100ms, want at most 8", name, n)
+		}
 	}
 }
