@@ -17,18 +17,19 @@ const maxAckBatch = 512
 // does) and is sent while handling goes on, and when idle an entry is
 // acknowledged as soon as its handler returns.
 type acker struct {
-	core *streamCore
-	ctx  context.Context // values of Run's ctx, without its cancellation
-	ids  chan []string
-	done chan struct{}
+	core    *streamCore
+	ctx     context.Context    // values of Run's ctx, without its cancellation
+	release func(ids []string) // called with the ids of each XACK once sent
+	ids     chan []string
+	done    chan struct{}
 
 	mu       sync.Mutex
 	failures int
 	lastErr  error
 }
 
-func newAcker(core *streamCore, ctx context.Context) *acker {
-	a := &acker{core: core, ctx: ctx, ids: make(chan []string, 64), done: make(chan struct{})}
+func newAcker(core *streamCore, ctx context.Context, release func(ids []string)) *acker {
+	a := &acker{core: core, ctx: ctx, release: release, ids: make(chan []string, 64), done: make(chan struct{})}
 	go a.loop()
 	return a
 }
@@ -61,6 +62,7 @@ func (a *acker) loop() {
 		if err != nil {
 			a.failed(err)
 		}
+		a.release(batch)
 	}
 }
 

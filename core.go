@@ -321,7 +321,10 @@ func (s *streamCore) dropDeleted(ctx context.Context, xs []rueidis.XRangeEntry) 
 }
 
 // withDeliveries looks up the delivery counts of entries pending under
-// this consumer, one XPENDING per entry, pipelined.
+// this consumer, one XPENDING per entry, pipelined. An entry no longer
+// pending under this consumer by then (its earlier holder acknowledged it,
+// or another consumer claimed it) is left out: it is not this consumer's
+// to handle.
 func (s *streamCore) withDeliveries(ctx context.Context, xs []rueidis.XRangeEntry) (rawEntries, error) {
 	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs))}
 	if len(xs) == 0 {
@@ -331,21 +334,41 @@ func (s *streamCore) withDeliveries(ctx context.Context, xs []rueidis.XRangeEntr
 	for i, x := range xs {
 		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
 	}
+	kept := 0
 	for i, res := range s.client.DoMulti(ctx, cmds...) {
 		rows, err := res.ToArray()
 		if err != nil {
 			return rawEntries{}, fmt.Errorf("safesync: delivery count of %s: %w", xs[i].ID, err)
 		}
-		entries.deliveries[i] = 1
-		if len(rows) == 1 {
-			if row, err := rows[0].ToArray(); err == nil && len(row) == 4 {
-				if n, err := row[3].AsInt64(); err == nil {
-					entries.deliveries[i] = n
-				}
-			}
+		n, ok := pendingDeliveries(rows, s.cfg.Consumer)
+		if !ok {
+			continue
 		}
+		entries.xs[kept], entries.deliveries[kept] = xs[i], n
+		kept++
 	}
+	entries.xs, entries.deliveries = entries.xs[:kept], entries.deliveries[:kept]
 	return entries, nil
+}
+
+// pendingDeliveries reads the delivery count of the one row of an extended
+// XPENDING, and reports whether the entry is pending under consumer.
+func pendingDeliveries(rows []rueidis.RedisMessage, consumer string) (int64, bool) {
+	if len(rows) != 1 {
+		return 0, false
+	}
+	row, err := rows[0].ToArray()
+	if err != nil || len(row) != 4 {
+		return 0, false
+	}
+	if owner, err := row[1].ToString(); err != nil || owner != consumer {
+		return 0, false
+	}
+	n, err := row[3].AsInt64()
+	if err != nil {
+		return 0, false
+	}
+	return n, true
 }
 
 // ack acknowledges ids in one XACK and returns how many were pending. A

@@ -18,7 +18,7 @@ func (e *engine[T]) handleOne(w *worker[T], u *unit[T], h Handler[T]) {
 	core.metrics.observeHandler(time.Since(start))
 	switch {
 	case err == nil:
-		w.ack(e.sched, msg.part, msg.ID)
+		w.ack(e.sched, u, 0)
 	case e.handlerFailed(core, err, msg.ID):
 		e.deadLetterAll(u.msgs, err, nil)
 	}

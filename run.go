@@ -154,14 +154,15 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 		runCtx: ctx, handlerCtx: handlerCtx,
 		inline: read && unitSize == 1 && cfg.Concurrency == 1 && len(c.parts) == 1,
 	}
-	for i, core := range c.parts {
-		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx))})
-	}
 	var order *orderer
 	if c.key != nil {
 		order = newOrderer()
 	}
 	e.sched = newScheduler[T](ctx, slots, cfg.Concurrency, readCount, order)
+	for i, core := range c.parts {
+		release := func(ids []string) { e.sched.release(i, ids) }
+		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), release)})
+	}
 	e.sched.work = func(w *worker[T], u *unit[T]) { work(e, w, u) }
 	e.sched.flushAcks = func(part int, ids []string) { e.parts[part].acks.add(ids) }
 
@@ -239,10 +240,12 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 	var units []unit[T]
 	var b readBackoff
 	for e.sched.waitToRead(ctx) {
-		raws, ackErr, err := p.core.read(ctx, e.readCount, w.take(p.index))
+		acked := w.take(p.index)
+		raws, ackErr, err := p.core.read(ctx, e.readCount, acked)
 		if ackErr != nil {
 			p.acks.failed(ackErr)
 		}
+		e.sched.release(p.index, acked)
 		if err != nil {
 			if ended(ctx, err) {
 				return nil

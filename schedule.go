@@ -12,6 +12,22 @@ import (
 type unit[T any] struct {
 	msgs  []Message[T]
 	order *unitOrder // nil without OrderBy
+	// acked marks the entries the handler's worker acknowledged: they stay
+	// held after the unit finishes, until their XACK has been sent.
+	acked    []bool
+	ackedOne [1]bool // acked's array for a unit of one entry
+}
+
+// markAcked records that entry i was handed over for acknowledgement.
+func (u *unit[T]) markAcked(i int) {
+	if u.acked == nil {
+		if len(u.msgs) == 1 {
+			u.acked = u.ackedOne[:]
+		} else {
+			u.acked = make([]bool, len(u.msgs))
+		}
+	}
+	u.acked[i] = true
 }
 
 // scheduler runs units on at most Concurrency workers. A worker is a
@@ -33,13 +49,16 @@ type scheduler[T any] struct {
 	flushAcks   func(part int, ids []string)
 	workers     sync.WaitGroup
 
-	mu       sync.Mutex
-	ready    []*unit[T] // runnable, not started, in order, from head on
-	head     int
-	units    int // units admitted and not started (ready or blocked on a key)
-	entries  int // entries in those units
-	running  int // units running
-	active   int // workers alive
+	mu      sync.Mutex
+	ready   []*unit[T] // runnable, not started, in order, from head on
+	head    int
+	units   int // units admitted and not started (ready or blocked on a key)
+	entries int // entries in those units
+	running int // units running
+	active  int // workers alive
+	// held are the entries admitted and neither released nor acknowledged:
+	// those waiting or running, and those whose handler succeeded until
+	// their XACK has been sent. An entry held is never admitted again.
 	held     map[heldEntry]struct{}
 	stopped  bool
 	changed  chan struct{} // closed when what a waiter waits for may hold
@@ -54,7 +73,7 @@ func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], conc
 	}
 }
 
-// heldEntry names an entry admitted and not finished: its id within the
+// heldEntry names an entry the scheduler holds: its id within the
 // consumer's stream of index part (entry ids of two partitions may be
 // equal).
 type heldEntry struct {
@@ -74,7 +93,11 @@ type worker[T any] struct {
 // handing them over; an idle worker hands over what it has at once.
 const maxWorkerAcks = 128
 
-func (w *worker[T]) ack(s *scheduler[T], part int, id string) {
+// ack buffers entry i of u for acknowledgement; the entry stays held
+// until its XACK has been sent (see release).
+func (w *worker[T]) ack(s *scheduler[T], u *unit[T], i int) {
+	u.markAcked(i)
+	part, id := u.msgs[i].part, u.msgs[i].ID
 	for len(w.acks) <= part {
 		w.acks = append(w.acks, nil)
 	}
@@ -110,7 +133,8 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 }
 
 // admit takes msgs in stream order, drops those already held (an entry
-// reclaim handed back while this consumer still had it), forms units of up
+// reclaim handed back while this consumer still had it, running it or
+// acknowledging it), forms units of up
 // to size entries and queues them, and starts workers for them when spawn
 // is true. It reports how many entries it queued. unitBuf, when not nil,
 // holds units no longer in use, reused when there are enough.
@@ -292,14 +316,17 @@ func (s *scheduler[T]) pop() *unit[T] {
 	return u
 }
 
-// finish records that u ran and readies the units that waited for its
-// keys.
+// finish records that u ran, releases its entries that were not handed
+// over for acknowledgement (they stay pending, for redelivery), and
+// readies the units that waited for its keys.
 func (s *scheduler[T]) finish(u *unit[T]) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.running--
-	for _, m := range u.msgs {
-		delete(s.held, heldEntry{m.part, m.ID})
+	for i, m := range u.msgs {
+		if u.acked == nil || !u.acked[i] {
+			delete(s.held, heldEntry{m.part, m.ID})
+		}
 	}
 	if s.order != nil {
 		for _, next := range s.order.finish(u.order) {
@@ -308,6 +335,20 @@ func (s *scheduler[T]) finish(u *unit[T]) {
 		s.spawn()
 	}
 	s.signal()
+}
+
+// release stops holding the entries ids of partition part once their
+// XACK has been sent, or has failed (they are pending again, for
+// redelivery).
+func (s *scheduler[T]) release(part int, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		delete(s.held, heldEntry{part, id})
+	}
 }
 
 // signal wakes the waiters whose condition may hold now. Called with mu

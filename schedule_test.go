@@ -58,8 +58,8 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		}
 		mu.Unlock()
 		running.Add(-1)
-		for _, m := range u.msgs {
-			w.ack(s, m.part, m.ID)
+		for i := range u.msgs {
+			w.ack(s, u, i)
 		}
 		ran.Add(int64(len(u.msgs)))
 	}
@@ -173,7 +173,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 		}
 		running.Add(-1)
 		ran.Add(1)
-		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
+		w.ack(s, u, 0)
 	}
 	batch := func(from, n int) []Message[int] {
 		msgs := make([]Message[int], n)
@@ -235,7 +235,7 @@ func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
 	var ran atomic.Int64
 	s.work = func(w *worker[int], u *unit[int]) {
 		ran.Add(1)
-		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
+		w.ack(s, u, 0)
 	}
 	if n := s.admit([]Message[int]{{ID: "1-0", part: 0}}, 1, nil, true, nil); n != 1 {
 		t.Fatalf("partition 0: admitted %d, want 1", n)

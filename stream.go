@@ -79,8 +79,10 @@ type StreamConfig struct {
 	// before reclaim takes it over (DefaultClaimIdle). Set it above the
 	// longest time an entry may wait behind the others of its read (about
 	// Count × handler time / Concurrency) plus the handler's own time, or
-	// another consumer may claim and handle it a second time. (This
-	// consumer never runs an entry it still holds twice.)
+	// another consumer may claim and handle it a second time. This
+	// consumer never hands an entry it still holds (queued, running, or
+	// handled and waiting for its XACK) to a handler again, whatever
+	// ClaimIdle is.
 	ClaimIdle time.Duration
 	// ClaimInterval is the pause between reclaim scans, and between
 	// refreshes of the pending-entries gauges (DefaultClaimInterval). A scan
@@ -213,7 +215,8 @@ type Message[T any] struct {
 	// Fields are the entry's raw fields. Treat them as read-only.
 	Fields map[string]string
 	// Deliveries is how many times the group has delivered the entry,
-	// counting this delivery: 1 the first time.
+	// counting this delivery: 1 the first time. It is Redis' count (reads,
+	// re-reads and claims), taken as the entry is handed over.
 	Deliveries int64
 
 	batch *batchState // set by RunBatch, to know which entries the handler acked

@@ -186,3 +186,102 @@ func TestRunDoesNotSpinNearItsDeadline(t *testing.T) {
 		}
 	}
 }
+
+// slowAckClient delays every round trip that carries an XACK.
+type slowAckClient struct {
+	rueidis.Client
+	delay time.Duration
+}
+
+func hasXack(cmds ...rueidis.Completed) bool {
+	for _, cmd := range cmds {
+		if parts := cmd.Commands(); len(parts) > 0 && strings.EqualFold(parts[0], "XACK") {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *slowAckClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	if hasXack(cmd) {
+		time.Sleep(c.delay)
+	}
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *slowAckClient) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	if hasXack(cmds...) {
+		time.Sleep(c.delay)
+	}
+	return c.Client.DoMulti(ctx, cmds...)
+}
+
+// Issue 11, item 4: after a handler returned nil and before its
+// acknowledgement went out, a reclaim scan of the same consumer claimed the
+// entry again and ran it a second time. An entry this consumer holds, read
+// and not yet acknowledged or released, is never handed to a handler again
+// by it, whatever ClaimIdle is.
+func TestConsumerNeverRunsAnEntryItStillHoldsTwice(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		concurrency int
+		work        time.Duration
+		claimStale  bool
+	}{
+		{"ClaimStale, Concurrency 2", 2, 50 * time.Millisecond, true},
+		{"Run, Concurrency 2", 2, 100 * time.Millisecond, false},
+		{"Run, Concurrency 1", 1, 100 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := safesynctest.NewRedis(t)
+			const n = 6
+			for i := range n {
+				safesynctest.PublishJSON(t, base, "orders", item{N: i})
+			}
+			cfg := defectConfig(nil)
+			if tc.claimStale { // another consumer read them and died
+				cfg.Consumer, cfg.Count = "crashed", n
+				if msgs, err := mustConsumer(t, base, cfg).Read(context.Background()); err != nil || len(msgs) != n {
+					t.Fatalf("read %d, %v", len(msgs), err)
+				}
+				time.Sleep(60 * time.Millisecond)
+				cfg.Consumer = "rescuer"
+			}
+			cfg.Concurrency, cfg.ClaimIdle, cfg.ClaimInterval = tc.concurrency, 50*time.Millisecond, 20*time.Millisecond
+			c := mustConsumer(t, &slowAckClient{Client: base, delay: 300 * time.Millisecond}, cfg)
+			var mu sync.Mutex
+			calls := map[string][]int64{} // id -> Deliveries seen by each call
+			h := func(_ context.Context, m safesync.Message[item]) error {
+				mu.Lock()
+				calls[m.ID] = append(calls[m.ID], m.Deliveries)
+				mu.Unlock()
+				time.Sleep(tc.work)
+				return nil
+			}
+			err := runUntil(t, func(ctx context.Context) error {
+				if tc.claimStale {
+					return c.ClaimStale(ctx, h)
+				}
+				return c.Run(ctx, h)
+			}, func() bool {
+				mu.Lock()
+				handled := len(calls)
+				mu.Unlock()
+				return handled == n && len(safesynctest.Pending(t, base, "orders", "workers")) == 0
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(calls) != n {
+				t.Fatalf("%d entries handled, want %d", len(calls), n)
+			}
+			for id, ds := range calls {
+				if len(ds) != 1 {
+					t.Errorf("entry %s handled %d times (deliveries %v), want once", id, len(ds), ds)
+				}
+			}
+		})
+	}
+}
