@@ -68,6 +68,14 @@ func (e *engine[T]) deadLetterAll(msgs []Message[T], cause error, batch *batchSt
 	}
 }
 
+// deadLetter moves msg to the dead-letter stream with reason and cause,
+// under a ctx that outlives Run's by ackTimeout.
+func (e *engine[T]) deadLetter(msg Message[T], reason string, cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.runCtx), ackTimeout)
+	defer cancel()
+	return e.c.deadLetter(ctx, msg, reason, cause)
+}
+
 // panicError is a recovered handler panic.
 type panicError struct {
 	value any

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -72,9 +73,13 @@ func Commit(db *sql.DB, opts ...TxOption) CommitStage {
 }
 
 // AckAfter completes the pipeline: each entry is acknowledged (XACK) only
-// after the commit stage's COMMIT returned nil, from the transaction's
-// after-commit hook. The result can be refined with Once, Batch, Retry,
-// OrderBy and AfterCommit, then Run.
+// after the commit stage's COMMIT returned nil. The transaction's
+// connection goes back to the pool first; then the entries go to the
+// consumer's acknowledger, which sends the acknowledgements of concurrent
+// transactions together, in one XACK, as Consumer.Run does for handlers.
+// A failed XACK is counted in ack_failures_total and reported by Run. The
+// result can be refined with Once, Batch, Retry, OrderBy and AfterCommit,
+// then Run.
 func (h Handled[T]) AckAfter(commit CommitStage) Pipeline[T] {
 	if commit.db == nil {
 		panic("safesync: AckAfter with a zero CommitStage; use Commit(db)")
@@ -151,9 +156,10 @@ func (p Pipeline[T]) OrderBy(key func(Message[T]) string) Pipeline[T] {
 }
 
 // AfterCommit calls fn with the entries of each transaction after its
-// COMMIT succeeded and before they are acknowledged: the window in which a
-// crash leaves committed entries pending. fn runs on the handler's
-// goroutine and must be quick.
+// COMMIT succeeded (and its connection went back to the pool) and before
+// they are handed to the acknowledger: the window in which a crash leaves
+// committed entries pending. fn runs on the handler's goroutine and must
+// be quick; its ctx carries Run's values, not its cancellation.
 func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])) Pipeline[T] {
 	p.afterCommit = fn
 	return p
@@ -205,7 +211,9 @@ func (p Pipeline[T]) runOn(ctx context.Context, c *Consumer[T]) error {
 		}
 		defer r.marker.close()
 	}
-	return c.RunBatch(ctx, p.batch, r.handleBatch)
+	return c.run(ctx, true, p.batch, max(p.batch, c.core.cfg.Count), func(e *engine[T], w *worker[T], u *unit[T]) {
+		r.handleUnit(e, w, u)
+	})
 }
 
 // pipelineRun is one running Pipeline.
@@ -225,8 +233,8 @@ func (e *entryFailure) Error() string { return e.err.Error() }
 func (e *entryFailure) Unwrap() error { return e.err }
 
 // txFor returns the whole unit of work for msgs: one transaction that marks
-// (with Once) and applies each entry in order, then acknowledges all of
-// them after COMMIT; wrapped in the pipeline's Retry policy if it has one.
+// (with Once) and applies each entry in order; wrapped in the pipeline's
+// Retry policy if it has one.
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
 		var fresh []bool
@@ -244,12 +252,6 @@ func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 				return struct{}{}, &entryFailure{index: i, err: err}
 			}
 		}
-		tx.AfterCommit(func(ctx context.Context) error {
-			if r.p.afterCommit != nil {
-				r.p.afterCommit(ctx, msgs)
-			}
-			return r.c.Ack(ctx, msgs...)
-		})
 		return struct{}{}, nil
 	}
 	job := WithTx(r.p.commit.db, apply, r.p.commit.opts...)
@@ -270,42 +272,93 @@ func callTxHandler[T any](ctx context.Context, tx *Tx, h TxHandler[T], msg Messa
 	return h(ctx, tx, msg)
 }
 
-// handleBatch applies msgs as described on Pipeline.Batch. The entries it
-// does not acknowledge or dead-letter stay pending; the error it returns
-// says why, for the consumer's log and panic count.
-func (r *pipelineRun[T]) handleBatch(ctx context.Context, msgs []Message[T]) error {
-	pending := msgs
-	var setAside []Message[T]
-	for len(pending) > 1 {
-		_, err := r.txFor(pending)(ctx)
+// handleUnit applies the unit's entries as described on Pipeline.Batch,
+// and records the outcome as Run does for a handler.
+func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
+	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
+	start := time.Now()
+	err := r.apply(e, w, u)
+	core.metrics.observeHandler(time.Since(start))
+	if err != nil {
+		e.handlerFailed(core, err, u.msgs[0].ID)
+	}
+}
+
+// apply runs the unit's entries in one transaction, setting aside each
+// entry whose handler fails until a transaction commits, then each entry
+// set aside alone. Entries committed are handed to the acknowledger;
+// those whose handler failed with Permanent are dead-lettered with its
+// error; the others stay pending, and the error returned says why.
+func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T]) error {
+	ctx := e.handlerCtx
+	idx := make([]int, len(u.msgs))
+	for i := range idx {
+		idx[i] = i
+	}
+	var setAside []int
+	for len(idx) > 1 {
+		err := r.commit(ctx, e, w, u, idx)
 		if err == nil {
-			pending = nil
+			idx = nil
 			break
 		}
 		var ef *entryFailure
 		if !errors.As(err, &ef) {
 			return err // not one entry's fault: the whole batch stays pending
 		}
-		setAside = append(setAside, pending[ef.index])
-		pending = append(append([]Message[T](nil), pending[:ef.index]...), pending[ef.index+1:]...)
+		setAside = append(setAside, idx[ef.index])
+		idx = append(idx[:ef.index:ef.index], idx[ef.index+1:]...)
 	}
-	setAside = append(setAside, pending...)
+	setAside = append(setAside, idx...)
 
 	var errs []error
-	for _, msg := range setAside {
-		_, err := r.txFor([]Message[T]{msg})(ctx)
+	for _, i := range setAside {
+		err := r.commit(ctx, e, w, u, []int{i})
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, ErrPermanent) && !errors.Is(err, ErrAfterCommit) {
-			if dlErr := r.c.DeadLetter(ctx, msg, DeadLetterHandler); dlErr != nil {
+		msg := u.msgs[i]
+		cause := unwrapEntryFailure(err)
+		if errors.Is(err, ErrPermanent) {
+			if dlErr := e.deadLetter(msg, DeadLetterHandler, cause); dlErr != nil {
 				errs = append(errs, fmt.Errorf("entry %s: dead-letter: %w", msg.ID, dlErr))
 			}
 			continue
 		}
-		errs = append(errs, fmt.Errorf("entry %s: %w", msg.ID, unwrapEntryFailure(err)))
+		errs = append(errs, fmt.Errorf("entry %s: %w", msg.ID, cause))
 	}
 	return errors.Join(errs...)
+}
+
+// commit runs the transaction of the unit's entries idx. Once its COMMIT
+// has returned nil and its connection is back in the pool, it calls the
+// AfterCommit observer and hands the entries to the acknowledger, which
+// sends their XACK together with those of other transactions.
+func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T], u *unit[T], idx []int) error {
+	msgs := u.msgs
+	if len(idx) != len(u.msgs) {
+		msgs = make([]Message[T], len(idx))
+		for j, i := range idx {
+			msgs[j] = u.msgs[i]
+		}
+	}
+	_, err := r.txFor(msgs)(ctx)
+	if err != nil && !errors.Is(err, ErrAfterCommit) {
+		return err
+	}
+	if err != nil {
+		// COMMIT succeeded: the effects are durable and the entries are
+		// acknowledged; what failed is a hook the handler registered.
+		core := e.parts[msgs[0].part].core
+		core.log.Error("safesync: a hook after COMMIT failed; the entries are committed and acknowledged", "id", msgs[0].ID, "error", err)
+	}
+	if r.p.afterCommit != nil {
+		r.p.afterCommit(context.WithoutCancel(ctx), msgs)
+	}
+	for _, i := range idx {
+		w.ack(e.sched, u, i)
+	}
+	return nil
 }
 
 func unwrapEntryFailure(err error) error {

@@ -6,12 +6,15 @@ package integration
 import (
 	"context"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/safesynctest"
 )
 
 // aclClient creates a Redis ACL user of the test's own, allowed every
@@ -57,5 +60,126 @@ func TestRunEndsAtOnceWhenRedisRefusesTheGroupsCreation(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
+	}
+}
+
+// Issue 11, item 3: Pipeline.Run returned nil although its XACKs failed
+// (they ran in the after-commit hook, and their error became a handler
+// error). A failed XACK is reported by Pipeline.Run exactly as by
+// Consumer.Run; the entries stay pending. The Redis user of the consumer
+// may not run XACK.
+func TestPipelineRunReportsFailedAcknowledgements(t *testing.T) {
+	s := newPipelineSetup(t)
+	client := aclClient(t, "-xack")
+	for _, tc := range []struct {
+		name        string
+		concurrency int
+		batch       int
+	}{
+		{"per entry, Concurrency 1", 1, 1},
+		{"per entry, Concurrency 3", 3, 1},
+		{"Batch(2)", 2, 2},
+		{"Consumer.Run", 2, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stream := uniqueStream(t, s.rdb)
+			const n = 4
+			for i := range n {
+				safesynctest.PublishJSON(t, s.rdb, stream, order{OrderID: int64(i), AccountID: 1, Amount: 1})
+			}
+			cfg := s.config("w")
+			cfg.Stream, cfg.Concurrency, cfg.ClaimIdle = stream, tc.concurrency, time.Hour
+			var done atomic.Int64
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			result := make(chan error, 1)
+			go func() {
+				if tc.batch == 0 {
+					c, err := safesync.NewConsumer(client, cfg, safesync.JSON[order]())
+					if err != nil {
+						result <- err
+						return
+					}
+					result <- c.Run(ctx, func(context.Context, safesync.Message[order]) error { done.Add(1); return nil })
+					return
+				}
+				result <- safesync.Stream(safesync.JSON[order]()).Handle(s.apply()).AckAfter(safesync.Commit(s.db)).
+					Batch(tc.batch).
+					AfterCommit(func(_ context.Context, msgs []safesync.Message[order]) { done.Add(int64(len(msgs))) }).
+					Run(ctx, client, cfg)
+			}()
+			if err := pollUntil(10*time.Second, "entries handled", func() (bool, error) { return done.Load() == n, nil }); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond) // the acknowledgements are sent, and refused
+			cancel()
+			err := <-result
+			if err == nil || !strings.Contains(err.Error(), "acknowledgements failed") || !strings.Contains(err.Error(), "NOPERM") {
+				t.Fatalf("Run = %v, want the failed acknowledgements reported", err)
+			}
+			if p := safesynctest.Pending(t, s.rdb, stream, s.group); len(p) != n {
+				t.Fatalf("%d entries pending, want %d: none was acknowledged", len(p), n)
+			}
+		})
+	}
+}
+
+// countingClient counts the commands sent through it, by name.
+type countingClient struct {
+	rueidis.Client
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func newCountingClient(c rueidis.Client) *countingClient {
+	return &countingClient{Client: c, counts: map[string]int{}}
+}
+
+func (c *countingClient) note(cmds ...rueidis.Completed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cmd := range cmds {
+		if parts := cmd.Commands(); len(parts) > 0 {
+			c.counts[strings.ToUpper(parts[0])]++
+		}
+	}
+}
+
+func (c *countingClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	c.note(cmd)
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *countingClient) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	c.note(cmds...)
+	return c.Client.DoMulti(ctx, cmds...)
+}
+
+// count returns how many commands named name were sent.
+func (c *countingClient) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[name]
+}
+
+// Issue 15, item 2: the per-entry pipeline sent one XACK per transaction
+// from its after-commit hook, holding the transaction's connection. Its
+// entries now go to the consumer's acknowledger after COMMIT, and the
+// acknowledgements of concurrent transactions go out together.
+func TestPipelineAcknowledgesConcurrentTransactionsTogether(t *testing.T) {
+	s := newPipelineSetup(t)
+	const n = 200
+	for i := range n {
+		safesynctest.PublishJSON(t, s.rdb, s.stream, order{OrderID: int64(i), AccountID: int64(i%3 + 1), Amount: 1})
+	}
+	client := newCountingClient(s.rdb)
+	cfg := s.config("w")
+	cfg.Concurrency = 4
+	p := safesync.Stream(safesync.JSON[order]()).Handle(s.apply()).AckAfter(safesync.Commit(s.db))
+	runUntil(t, p, client, cfg, 30*time.Second, func() bool { return len(s.pending(t)) == 0 && s.balance(t, 1)+s.balance(t, 2)+s.balance(t, 3) == n })
+	if acks := client.count("XACK"); acks > n/4 {
+		t.Fatalf("%d XACKs for %d entries handled 4 at a time, want at most %d", acks, n, n/4)
+	} else {
+		t.Logf("%d XACKs for %d entries", acks, n)
 	}
 }
