@@ -421,7 +421,8 @@ var ErrConsumerRunning = errors.New("safesync: consumer is already running")
 // It classifies with errors.As, so a wrapped Redis error is still seen as
 // one.
 func retryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrWrongType) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrWrongType) || errors.Is(err, ErrConsumerNameInUse) {
 		return false
 	}
 	var re *rueidis.RedisError

@@ -142,6 +142,15 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			}
 		}
 	}
+	leases, err := c.acquireNames(ctx)
+	if err != nil || leases == nil {
+		return err // nil: ctx ended
+	}
+	defer func() {
+		for _, l := range leases {
+			l.release(ctx)
+		}
+	}()
 	cfg := &c.core.cfg
 	slots, err := newSlots(cfg.Concurrency)
 	if err != nil {
@@ -179,6 +188,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			}
 		}()
 	}
+	startLoop(func(ctx context.Context) error { return renewNames(ctx, leases) })
 	for _, p := range e.parts {
 		if read {
 			startLoop(func(ctx context.Context) error { return e.readLoop(ctx, p) })
@@ -204,6 +214,60 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	}
 	slots.Close()
 	return errors.Join(runErr, ackErr)
+}
+
+// acquireNames takes the lease of the consumer's name on each of its
+// streams (see nameLease), retrying Redis failures with backoff. It
+// returns nil leases and a nil error when ctx ended first.
+func (c *Consumer[T]) acquireNames(ctx context.Context) ([]*nameLease, error) {
+	var leases []*nameLease
+	giveUp := func(err error) ([]*nameLease, error) {
+		for _, l := range leases {
+			l.release(ctx)
+		}
+		return nil, err
+	}
+	for _, core := range c.parts {
+		l := newNameLease(core)
+		for b := (readBackoff{}); ; {
+			err := l.acquire(ctx)
+			if err == nil {
+				break
+			}
+			if ended(ctx, err) {
+				return giveUp(nil)
+			}
+			if !retryable(err) {
+				return giveUp(err)
+			}
+			core.log.Warn("safesync: cannot take the consumer name's lease yet; retrying", "error", err)
+			if !b.wait(ctx) {
+				return giveUp(nil)
+			}
+		}
+		leases = append(leases, l)
+	}
+	return leases, nil
+}
+
+// renewNames renews the leases every leaseRenewal until ctx ends. It
+// returns an error when another process holds one of them; Redis failures
+// are left to the next renewal.
+func renewNames(ctx context.Context, leases []*nameLease) error {
+	t := time.NewTicker(leaseRenewal)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for _, l := range leases {
+			if err := l.renew(ctx); err != nil && errors.Is(err, ErrConsumerNameInUse) {
+				return err
+			}
+		}
+	}
 }
 
 // newSlots returns a pool of n concurrency slots, all created up front so

@@ -56,9 +56,17 @@ type StreamConfig struct {
 	// XGROUP CREATE … MKSTREAM if missing. Required.
 	Group string
 	// Consumer names this consumer inside the group. Required. Keep it
-	// stable across restarts of the same worker (a host or pod name, not a
-	// random value): a restarted consumer first re-reads the entries still
-	// pending under its name.
+	// stable across restarts of the same worker (a pod name, or a host
+	// name plus a worker index; not a random value): a restarted consumer
+	// first re-reads the entries still pending under its name. Keep it
+	// unique among live processes: two processes of one name would share
+	// one pending list, each handling again what the other holds. While
+	// Run, RunBatch, ClaimStale or a pipeline runs, the consumer holds a
+	// lease on its name (a key beside the stream, renewed every second);
+	// one started while another live process holds it fails at start with
+	// ErrConsumerNameInUse, within about a second, and one restarted
+	// under the name of a process that died without stopping waits until
+	// that lease has gone 4 s without renewal.
 	Consumer string
 
 	// Block is how long a read waits for new entries (DefaultBlock). It

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,5 +284,88 @@ func TestConsumerNeverRunsAnEntryItStillHoldsTwice(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Issue 11, item 5: two processes given one consumer name shared one
+// pending list silently, each re-reading what the other was handling. A
+// consumer takes a lease on its name while it runs: a second one of the
+// same name fails at start once it has seen the first renew its lease.
+func TestTwoLiveConsumersOfOneNameTheSecondFailsAtStart(t *testing.T) {
+	client := safesynctest.NewRedis(t)
+	cfg := defectConfig(nil)
+	ok := func(context.Context, safesync.Message[item]) error { return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan error, 1)
+	handled := make(chan struct{}, 1)
+	safesynctest.PublishJSON(t, client, "orders", item{N: 1})
+	go func() {
+		first <- mustConsumer(t, client, cfg).Run(ctx, func(context.Context, safesync.Message[item]) error {
+			select {
+			case handled <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+	}()
+	<-handled // the first one runs
+	start := time.Now()
+	err := mustConsumer(t, client, cfg).Run(ctx, ok)
+	if !errors.Is(err, safesync.ErrConsumerNameInUse) || !strings.Contains(err.Error(), `"w1"`) {
+		t.Fatalf("second Run = %v, want ErrConsumerNameInUse naming w1", err)
+	}
+	if took := time.Since(start); took > 6*time.Second {
+		t.Errorf("the second Run took %v to fail", took)
+	}
+	// A pipeline of the same name is refused too; another name is not.
+	other := cfg
+	other.Consumer = "w2"
+	otherCtx, otherCancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer otherCancel()
+	if err := mustConsumer(t, client, other).Run(otherCtx, ok); err != nil {
+		t.Fatalf("Run of another name = %v", err)
+	}
+	cancel()
+	if err := <-first; err != nil {
+		t.Fatalf("first Run = %v", err)
+	}
+	// Once the first stopped, the name is free at once.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	start = time.Now()
+	if err := mustConsumer(t, client, cfg).Run(ctx2, ok); err != nil || time.Since(start) > time.Second {
+		t.Fatalf("Run after the first stopped = %v after %v", err, time.Since(start))
+	}
+}
+
+// The lease of a process that died without stopping runs out: a consumer
+// started under its name waits for that, then runs.
+func TestConsumerNameLeasedByADeadProcessIsTakenOverWhenItRunsOut(t *testing.T) {
+	client := safesynctest.NewRedis(t)
+	cfg := defectConfig(nil)
+	// What a killed process leaves: its lease, no longer renewed (it would
+	// also expire on a real server; the embedded one keeps it).
+	lease := "{orders}:safesync:consumer:workers:w1"
+	if err := client.Do(context.Background(), client.B().Set().Key(lease).Value("dead-token 7").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if slot := safesync.KeySlot(lease); slot != safesync.KeySlot("orders") {
+		t.Fatalf("lease key in slot %d, stream in %d", slot, safesync.KeySlot("orders"))
+	}
+	id := safesynctest.PublishJSON(t, client, "orders", item{N: 1})
+	start := time.Now()
+	var got atomic.Value
+	err := runUntil(t, func(ctx context.Context) error {
+		return mustConsumer(t, client, cfg).Run(ctx, func(_ context.Context, m safesync.Message[item]) error {
+			got.Store(m.ID)
+			return nil
+		})
+	}, func() bool { return got.Load() != nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 3*time.Second || got.Load() != id {
+		t.Fatalf("handled %v after %v; want %s once the dead lease went unrenewed for 4 s", got.Load(), took, id)
 	}
 }

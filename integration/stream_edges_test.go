@@ -5,9 +5,11 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,5 +183,90 @@ func TestPipelineAcknowledgesConcurrentTransactionsTogether(t *testing.T) {
 		t.Fatalf("%d XACKs for %d entries handled 4 at a time, want at most %d", acks, n, n/4)
 	} else {
 		t.Logf("%d XACKs for %d entries", acks, n)
+	}
+}
+
+// sameNameArgs configures a worker of TestTwoProcessesWithOneConsumerName.
+type sameNameArgs struct {
+	Effects, Stream, Group, Consumer string
+}
+
+func init() { workers["same-name-pipeline"] = sameNameWorker }
+
+// sameNameWorker applies entries (one effects row each, no exactly-once
+// table) until SIGTERM, or until Run fails.
+func sameNameWorker(ctx context.Context, raw json.RawMessage) (any, error) {
+	var a sameNameArgs
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	db, rdb, err := workerServices()
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	defer rdb.Close()
+	p := safesync.Stream(safesync.JSON[order]()).
+		Handle(func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+			time.Sleep(2 * time.Millisecond)
+			_, err := tx.ExecContext(ctx, "INSERT INTO `"+a.Effects+"` (entry_id) VALUES (?)", msg.ID)
+			return err
+		}).
+		AckAfter(safesync.Commit(db))
+	cfg := safesync.StreamConfig{Stream: a.Stream, Group: a.Group, Consumer: a.Consumer,
+		Block: 100 * time.Millisecond, Concurrency: 2, ClaimIdle: time.Hour, Metrics: nil}
+	return nil, p.Run(ctx, rdb, cfg)
+}
+
+// Issue 11, item 5: two processes given one consumer name (the README used
+// to suggest the host name) shared one pending list, each re-reading and
+// applying again what the other was handling. Started together with the
+// same name, one of them now fails at start with ErrConsumerNameInUse and
+// the other applies every entry once.
+func TestTwoProcessesWithOneConsumerName(t *testing.T) {
+	db := openMySQL(t, nil)
+	rdb := openRedis(t)
+	effects := createTable(t, db, "eff", "CREATE TABLE %s (id BIGINT AUTO_INCREMENT PRIMARY KEY, entry_id VARBINARY(64) NOT NULL) ENGINE=InnoDB")
+	stream := uniqueStream(t, rdb)
+	const n = 300
+	for i := range n {
+		safesynctest.PublishJSON(t, rdb, stream, order{OrderID: int64(i), AccountID: 1, Amount: 1})
+	}
+	args := sameNameArgs{Effects: effects, Stream: stream, Group: "workers", Consumer: "host-1"}
+	procs := []*workerProc{startWorker(t, "same-name-pipeline", args), startWorker(t, "same-name-pipeline", args)}
+
+	// One fails at start, once it has seen the other renew the lease.
+	var refused, survivor *workerProc
+	deadline := time.After(20 * time.Second)
+	for refused == nil {
+		select {
+		case err := <-procs[0].done:
+			procs[0].done <- err
+			refused, survivor = procs[0], procs[1]
+		case err := <-procs[1].done:
+			procs[1].done <- err
+			refused, survivor = procs[1], procs[0]
+		case <-deadline:
+			t.Fatalf("both processes still run after 20 s with one consumer name")
+		}
+	}
+	if err := waitExit(refused, time.Second); err == nil || !strings.Contains(refused.stderr.String(), "consumer name in use") {
+		t.Fatalf("the refused process ended with %v, stderr:\n%s", err, refused.stderr.String())
+	}
+	if err := pollUntil(60*time.Second, "every entry applied", func() (bool, error) {
+		return countRows(t, db, effects) >= n && len(safesynctest.Pending(t, rdb, stream, "workers")) == 0, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := survivor.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	survivor.wait(t, 30*time.Second, nil)
+	var rows, distinct int64
+	if err := db.QueryRow("SELECT COUNT(*), COUNT(DISTINCT entry_id) FROM `"+effects+"`").Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != n || distinct != n {
+		t.Fatalf("%d effects for %d distinct entries, want %d of each: no entry applied twice", rows, distinct, n)
 	}
 }
