@@ -127,7 +127,9 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // where it either commits and is acknowledged, is dead-lettered (Permanent
 // errors), or stays pending for reclaim and, after MaxDeliveries, the
 // dead-letter stream. A failure that belongs to no entry (BEGIN, COMMIT)
-// leaves the whole batch pending. Batch panics if n < 1.
+// leaves the whole batch pending. Every size works: with Once, the
+// batch's exactly-once records are inserted in chunks of 2,000 rows,
+// within MySQL's limit of placeholders a statement. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 	if n < 1 {
 		panic(fmt.Sprintf("safesync: Batch(%d), want at least 1", n))

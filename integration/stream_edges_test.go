@@ -270,3 +270,63 @@ func TestTwoProcessesWithOneConsumerName(t *testing.T) {
 		t.Fatalf("%d effects for %d distinct entries, want %d of each: no entry applied twice", rows, distinct, n)
 	}
 }
+
+// Issue 11, item 6: Batch(n) with Once failed at Run for n > 21,845 (MySQL
+// error 1390: the multi-row INSERT of the exactly-once records had more
+// than 65,535 placeholders). The records are inserted in chunks, so every
+// batch size works.
+func TestOnceBatchLargerThanThePlaceholderLimit(t *testing.T) {
+	s := newPipelineSetup(t)
+	const n = 22_000
+	ctx := context.Background()
+	for lo := 0; lo < n; lo += 1000 {
+		var cmds rueidis.Commands
+		for i := lo; i < min(lo+1000, n); i++ {
+			data, _ := json.Marshal(order{OrderID: int64(i), AccountID: int64(i%3 + 1), Amount: 1})
+			cmds = append(cmds, s.rdb.B().Xadd().Key(s.stream).Id("*").FieldValue().FieldValue("data", string(data)).Build())
+		}
+		for _, res := range s.rdb.DoMulti(ctx, cmds...) {
+			if err := res.Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var committed atomic.Int64
+	p := safesync.Stream(safesync.JSON[order]()).Handle(s.apply()).AckAfter(safesync.Commit(s.db)).
+		Once(s.applied).Batch(n).
+		AfterCommit(func(_ context.Context, msgs []safesync.Message[order]) { committed.Add(int64(len(msgs))) })
+	runUntilDone(t, p, s.rdb, s.config("w"), time.Minute, func() bool { return committed.Load() == n && len(s.pending(t)) == 0 })
+	if got := countRows(t, s.db, s.applied); got != n {
+		t.Fatalf("%d exactly-once records, want %d", got, n)
+	}
+	if sum := s.balance(t, 1) + s.balance(t, 2) + s.balance(t, 3); sum != n {
+		t.Fatalf("balances sum to %d, want %d", sum, n)
+	}
+}
+
+// runUntilDone runs p with cfg until done reports true, failing the test
+// if Run returns first, with an error or not, or timeout passes.
+func runUntilDone(t *testing.T, p safesync.Pipeline[order], rdb rueidis.Client, cfg safesync.StreamConfig, timeout time.Duration, done func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	result := make(chan error, 1)
+	go func() { result <- p.Run(ctx, rdb, cfg) }()
+	deadline := time.Now().Add(timeout)
+	for !done() {
+		select {
+		case err := <-result:
+			t.Fatalf("Run returned before the work was done: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-result
+			t.Fatalf("not done within %v", timeout)
+		}
+	}
+	cancel()
+	if err := <-result; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
