@@ -170,7 +170,9 @@ func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])
 // Run consumes cfg's stream with client until ctx is cancelled, applying
 // entries through the commit stage (see Consumer.RunBatch for reading,
 // reclaim, dead letters, concurrency and shutdown, and StreamConfig for
-// the defaults). It returns nil after ctx ended (cancelled or past its
+// the defaults). cfg.Metrics, when set, also records the commit stage's
+// transactions and statements and the Retry policy's retries, unless
+// Commit was given WithMetrics or the policy its own WithMetrics. It returns nil after ctx ended (cancelled or past its
 // deadline) and every in-flight
 // transaction has committed and been acknowledged or rolled back, and an
 // error for an invalid configuration or a failure Redis will not recover
@@ -184,7 +186,23 @@ func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamC
 	if err != nil {
 		return err
 	}
-	return p.runOn(ctx, c)
+	return p.withMetrics(cfg.Metrics).runOn(ctx, c)
+}
+
+// withMetrics makes the commit stage and the retry policy record in m,
+// the metrics given in StreamConfig, unless they were given metrics of
+// their own; with m nil it returns p unchanged.
+func (p Pipeline[T]) withMetrics(m *Metrics) Pipeline[T] {
+	if m == nil {
+		return p
+	}
+	// Options apply in order: a WithMetrics among the stage's own wins.
+	p.commit.opts = append([]TxOption{WithMetrics(m)}, p.commit.opts...)
+	if p.retry != nil && !p.retry.hasMetrics {
+		policy := p.retry.WithMetrics(m)
+		p.retry = &policy
+	}
+	return p
 }
 
 // consumerOptions checks that p was built, naming method in the error if
