@@ -170,8 +170,11 @@ func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, re
 		return fmt.Errorf("safesync: dead-letter entry %s of %q to %q: %w", e.id, e.stream, dead, err)
 	}
 	s.metrics.countDeadLettered(reason)
-	s.log.Warn("safesync: entry dead-lettered", "stream", e.stream, "group", e.group, "id", e.id,
-		"reason", reason, "deliveries", e.deliveries, "error", cause)
+	log := s.log // it names the consumer's stream and group
+	if e.stream != s.cfg.Stream || e.group != s.cfg.Group {
+		log = log.With("entry_stream", e.stream, "entry_group", e.group)
+	}
+	log.Warn("safesync: entry dead-lettered", "id", e.id, "reason", reason, "deliveries", e.deliveries, "error", cause)
 	return nil
 }
 

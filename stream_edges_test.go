@@ -5,10 +5,13 @@ package safesync_test
 // need a real server (ACL refusals, failing acknowledgements).
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -368,4 +371,57 @@ func TestConsumerNameLeasedByADeadProcessIsTakenOverWhenItRunsOut(t *testing.T) 
 	if took := time.Since(start); took < 3*time.Second || got.Load() != id {
 		t.Fatalf("handled %v after %v; want %s once the dead lease went unrenewed for 4 s", got.Load(), took, id)
 	}
+}
+
+// Issue 13, item 5: log lines repeated stream= and group= (the consumer's
+// logger carries them, and the dead-letter line added them again).
+func TestLogLinesNameStreamAndGroupOnce(t *testing.T) {
+	client := safesynctest.NewRedis(t)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	cfg := defectConfig(nil)
+	cfg.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	safesynctest.Publish(t, client, "orders", map[string]string{"data": "{not json"})
+	safesynctest.PublishJSON(t, client, "orders", item{N: 1})
+	safesynctest.PublishJSON(t, client, "orders", item{N: 2})
+	c := mustConsumer(t, client, cfg)
+	err := runUntil(t, func(ctx context.Context) error {
+		return c.Run(ctx, func(_ context.Context, m safesync.Message[item]) error {
+			switch m.Value.N {
+			case 1:
+				return safesync.Permanent(errors.New("refused"))
+			case 2:
+				return errors.New("not yet")
+			}
+			return nil
+		})
+	}, func() bool { return len(safesynctest.DeadLetters(t, client, "orders:dead")) == 2 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("%d log lines, want at least the two dead letters:\n%s", len(lines), buf.String())
+	}
+	for _, line := range lines {
+		for _, key := range []string{" stream=", " group=", " consumer="} {
+			if n := strings.Count(line, key); n != 1 {
+				t.Errorf("%q appears %d times in %s", key, n, line)
+			}
+		}
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
