@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
@@ -63,6 +64,19 @@ type Consumer[T any] struct {
 	nextMu  sync.Mutex
 	buf     []Message[T]
 	bufErrs error
+
+	outage atomic.Pointer[outage] // of the latest Run, RunBatch or ClaimStale
+}
+
+// Ready returns nil unless the consumer's Run (or RunBatch, ClaimStale,
+// pipeline) is paused by an outage now; then an error matching ErrPaused
+// names the failure. See StreamConfig.Readiness for a value that serves
+// pipelines, which hold no Consumer.
+func (c *Consumer[T]) Ready() error {
+	if o := c.outage.Load(); o != nil {
+		return o.err()
+	}
+	return nil
 }
 
 // NewConsumer returns a Consumer of cfg.Stream as cfg.Consumer in cfg.Group
@@ -202,11 +216,18 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 			errs = append(errs, err)
 			continue
 		}
+		var recorded []string
 		for _, m := range msgs {
-			if m.batch != nil && m.Stream == t.stream && m.Group == t.group {
+			if m.Stream == t.stream && m.Group == t.group {
 				m.batch.markHandled(m.index)
+				if m.Deliveries > 1 && t.stream == t.core.cfg.Stream && t.group == t.core.cfg.Group {
+					recorded = append(recorded, m.ID)
+				}
 			}
 		}
+		// A redelivered entry may have a failure record: it goes too. A
+		// record left behind is harmless.
+		_ = t.core.fails.forget(ctx, recorded)
 	}
 	return errors.Join(errs...)
 }
@@ -223,16 +244,24 @@ func (c *Consumer[T]) DeadLetter(ctx context.Context, msg Message[T], reason str
 }
 
 func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason string, cause error) error {
+	return c.moveToDeadLetter(ctx, msg, reason, cause, msg.entry().withRecord(msg.rec))
+}
+
+// moveToDeadLetter moves msg, described by e, to its dead-letter stream.
+func (c *Consumer[T]) moveToDeadLetter(ctx context.Context, msg Message[T], reason string, cause error, e deadLetterEntry) error {
 	if reason == "" {
 		return errors.New("safesync: DeadLetter with empty reason")
 	}
-	err := c.coreOf(msg.part, msg.Stream).moveToDeadLetter(ctx, deadLetterEntry{
-		stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries,
-	}, reason, cause)
+	err := c.coreOf(msg.part, msg.Stream).moveToDeadLetter(ctx, e, reason, cause)
 	if err == nil {
 		msg.batch.markHandled(msg.index)
 	}
 	return err
+}
+
+// entry returns what a dead letter records of msg.
+func (msg *Message[T]) entry() deadLetterEntry {
+	return deadLetterEntry{stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries}
 }
 
 // coreOf returns the stream core of partition part when it reads stream,
@@ -253,11 +282,13 @@ func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error)
 	return c.prepare(ctx, 0, raws, nil)
 }
 
-// prepare turns raw entries of partition part into messages. Entries past
-// MaxDeliveries and entries that cannot be decoded are dead-lettered
-// instead; failures to do so are returned joined, and those entries stay
-// pending. into, when it has room, receives the messages instead of a new
-// slice.
+// prepare turns raw entries of partition part into messages. Entries that
+// have failed MaxDeliveries times for their own reasons and entries that
+// cannot be decoded are dead-lettered instead; failures to do so are
+// returned joined, and those entries stay pending. into, when it has room,
+// receives the messages instead of a new slice. An entry whose record
+// holds the marker of an attempt of another run that never ended is to be
+// run alone (isolate).
 func (c *Consumer[T]) prepare(ctx context.Context, part int, raws rawEntries, into []Message[T]) ([]Message[T], error) {
 	if raws.len() == 0 {
 		return nil, nil
@@ -271,21 +302,30 @@ func (c *Consumer[T]) prepare(ctx context.Context, part int, raws rawEntries, in
 	var errs []error
 	for i, x := range raws.xs {
 		deliveries := raws.delivered(i)
+		rec := raws.record(i)
 		dead := deadLetterEntry{stream: cfg.Stream, group: cfg.Group, id: x.ID, fields: x.FieldValues, deliveries: deliveries}
-		if deliveries > cfg.MaxDeliveries {
-			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
-				fmt.Errorf("delivered %d times, more than MaxDeliveries %d", deliveries, cfg.MaxDeliveries)))
+		if rec != nil && rec.failures >= cfg.MaxDeliveries {
+			errs = append(errs, core.moveToDeadLetter(ctx, dead.withRecord(rec), DeadLetterMaxDeliveries, rec.cause(cfg.MaxDeliveries)))
 			continue
 		}
 		v, err := c.decode(x.FieldValues)
 		if err != nil {
-			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
+			core.metrics.countFailure(failureDecode)
+			errs = append(errs, core.moveToDeadLetter(ctx, dead.withFailure(rec), DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
 			continue
 		}
-		msgs = append(msgs, Message[T]{
+		m := Message[T]{
 			ID: x.ID, Stream: cfg.Stream, Group: cfg.Group,
-			Value: v, Fields: x.FieldValues, Deliveries: deliveries, part: part,
-		})
+			Value: v, Fields: x.FieldValues, Deliveries: deliveries, part: part, rec: rec,
+		}
+		if rec != nil {
+			m.Failures = rec.failures
+			if rec.attempt != "" {
+				_, token, _, _, ok := markerOf(rec.attempt)
+				m.isolate = !ok || token != core.token
+			}
+		}
+		msgs = append(msgs, m)
 	}
 	return msgs, errors.Join(errs...)
 }

@@ -25,6 +25,13 @@ type streamCore struct {
 	cfg     StreamConfig // defaults applied
 	log     *slog.Logger
 	metrics *streamMetrics
+	fails   *failureStore
+	// token names the running Run in attempt markers (see failureStore);
+	// set before Run's loops start, "" outside Run.
+	token string
+	// reread asks the next read to start again with this consumer's own
+	// pending entries (see rereadOwnPending).
+	reread atomic.Bool
 
 	groupMu    sync.Mutex
 	groupReady bool
@@ -43,14 +50,23 @@ type streamCore struct {
 
 // rawEntries are entries as read, before decoding: ids and fields as
 // rueidis parsed them (fields nil for an entry deleted from the stream
-// while pending), and their delivery counts, nil when every entry was
-// delivered once.
+// while pending), and their delivery counts and failure records, nil when
+// every entry was delivered once.
 type rawEntries struct {
 	xs         []rueidis.XRangeEntry
 	deliveries []int64
+	records    []*failureRecord
 }
 
 func (r rawEntries) len() int { return len(r.xs) }
+
+// record returns entry i's failure record, nil when it has none.
+func (r rawEntries) record(i int) *failureRecord {
+	if r.records == nil {
+		return nil
+	}
+	return r.records[i]
+}
 
 // delivered returns how many times entry i has been delivered.
 func (r rawEntries) delivered(i int) int64 {
@@ -61,13 +77,15 @@ func (r rawEntries) delivered(i int) int64 {
 }
 
 func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
-	return &streamCore{
+	s := &streamCore{
 		client:      client,
 		cfg:         cfg,
 		log:         cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		metrics:     cfg.Metrics.forStream(cfg.Stream, cfg.Group),
 		pendingFrom: "0",
 	}
+	s.fails = newFailureStore(s)
+	return s
 }
 
 // newPartitionCore is newStreamCore for partition index of the logical
@@ -80,11 +98,10 @@ func newPartitionCore(client rueidis.Client, cfg StreamConfig, logical string, i
 }
 
 // rereadOwnPending makes the next read start again with this consumer's
-// own pending entries, as at a restart.
+// own pending entries, as at a restart. It does not wait for a read in
+// progress.
 func (s *streamCore) rereadOwnPending() {
-	s.readMu.Lock()
-	defer s.readMu.Unlock()
-	s.pendingFrom, s.waited = "0", false
+	s.reread.Store(true)
 }
 
 // ensureGroup creates the group (and the stream) unless this consumer has
@@ -172,6 +189,9 @@ func (s *streamCore) read(ctx context.Context, count int, acks []string) (entrie
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
+	if s.reread.Swap(false) {
+		s.pendingFrom, s.waited = "0", false
+	}
 	if s.pendingFrom != "" {
 		entries, ackErr, err = s.readOwnPending(ctx, count, acks)
 		acks = nil
@@ -321,33 +341,40 @@ func (s *streamCore) dropDeleted(ctx context.Context, xs []rueidis.XRangeEntry) 
 }
 
 // withDeliveries looks up the delivery counts of entries pending under
-// this consumer, one XPENDING per entry, pipelined. An entry no longer
-// pending under this consumer by then (its earlier holder acknowledged it,
-// or another consumer claimed it) is left out: it is not this consumer's
-// to handle.
+// this consumer, one XPENDING per entry, and their failure records, one
+// HMGET per entry, all in one round trip: they were all delivered before.
+// An entry no longer pending under this consumer by then (its earlier
+// holder acknowledged it, or another consumer claimed it) is left out: it
+// is not this consumer's to handle.
 func (s *streamCore) withDeliveries(ctx context.Context, xs []rueidis.XRangeEntry) (rawEntries, error) {
-	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs))}
+	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs)), records: make([]*failureRecord, len(xs))}
 	if len(xs) == 0 {
 		return entries, nil
 	}
-	cmds := make(rueidis.Commands, len(xs))
+	cmds := make(rueidis.Commands, 2*len(xs))
 	for i, x := range xs {
-		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
+		cmds[2*i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
+		cmds[2*i+1] = s.fails.readCmd(x.ID)
 	}
+	res := s.client.DoMulti(ctx, cmds...)
 	kept := 0
-	for i, res := range s.client.DoMulti(ctx, cmds...) {
-		rows, err := res.ToArray()
+	for i := range xs {
+		rows, err := res[2*i].ToArray()
 		if err != nil {
 			return rawEntries{}, fmt.Errorf("safesync: delivery count of %s: %w", xs[i].ID, err)
+		}
+		values, err := res[2*i+1].ToArray()
+		if err != nil {
+			return rawEntries{}, fmt.Errorf("safesync: failure record of %s: %w", xs[i].ID, err)
 		}
 		n, ok := pendingDeliveries(rows, s.cfg.Consumer)
 		if !ok {
 			continue
 		}
-		entries.xs[kept], entries.deliveries[kept] = xs[i], n
+		entries.xs[kept], entries.deliveries[kept], entries.records[kept] = xs[i], n, parseRecord(values)
 		kept++
 	}
-	entries.xs, entries.deliveries = entries.xs[:kept], entries.deliveries[:kept]
+	entries.xs, entries.deliveries, entries.records = entries.xs[:kept], entries.deliveries[:kept], entries.records[:kept]
 	return entries, nil
 }
 
@@ -415,14 +442,14 @@ func quick(ctx context.Context) (context.Context, context.CancelFunc) {
 // of them is already running on the same Consumer.
 var ErrConsumerRunning = errors.New("safesync: consumer is already running")
 
-// retryable reports whether a failed read or claim is worth retrying:
-// network errors and the Redis errors of a server that is loading, failing
-// over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …) are not.
-// It classifies with errors.As, so a wrapped Redis error is still seen as
-// one.
+// retryable reports whether a failed Redis command is worth retrying:
+// network errors, timeouts (callers tell the end of their own ctx apart
+// first, with ended) and the Redis errors of a server that is loading,
+// failing over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …)
+// are not. It classifies with errors.As, so a wrapped Redis error is still
+// seen as one.
 func retryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrWrongType) || errors.Is(err, ErrConsumerNameInUse) {
+	if errors.Is(err, ErrWrongType) || errors.Is(err, ErrConsumerNameInUse) {
 		return false
 	}
 	var re *rueidis.RedisError

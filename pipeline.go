@@ -218,22 +218,31 @@ func (p Pipeline[T]) consumerOptions(method string) ([]ConsumerOption[T], error)
 	return opts, nil
 }
 
-// runOn runs the pipeline on c; see Run.
+// runOn runs the pipeline on c; see Run. Before the first read, the
+// database is pinged and, with Once, the exactly-once statements are
+// prepared: the database unreachable then is an outage, waited out like
+// one later on; a refusal (a missing table, say) ends Run.
 func (p Pipeline[T]) runOn(ctx context.Context, c *Consumer[T]) error {
 	r := &pipelineRun[T]{p: p, c: c}
-	if p.once != "" {
-		var err error
-		if r.marker, err = newDedupeMarker(ctx, p.commit.db, p.once, p.batch); err != nil {
-			if ended(ctx, err) {
-				return nil
-			}
-			return err
+	defer func() {
+		if r.marker != nil {
+			r.marker.close()
 		}
-		defer r.marker.close()
+	}()
+	db := p.commit.db
+	start := func(ctx context.Context) error {
+		if p.once == "" {
+			return db.PingContext(ctx)
+		}
+		m, err := newDedupeMarker(ctx, db, p.once, p.batch)
+		if err == nil {
+			r.marker = m
+		}
+		return err
 	}
 	return c.run(ctx, true, p.batch, max(p.batch, c.core.cfg.Count), func(e *engine[T], w *worker[T], u *unit[T]) {
 		r.handleUnit(e, w, u)
-	})
+	}, runOptions{probe: db.PingContext, start: start})
 }
 
 // pipelineRun is one running Pipeline.
@@ -292,29 +301,27 @@ func callTxHandler[T any](ctx context.Context, tx *Tx, h TxHandler[T], msg Messa
 	return h(ctx, tx, msg)
 }
 
-// handleUnit applies the unit's entries as described on Pipeline.Batch,
-// and records the outcome as Run does for a handler.
+// handleUnit applies the unit's entries as described on Pipeline.Batch.
 func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
+	idx, ok := e.begin(u, u.all())
+	if !ok || len(idx) == 0 {
+		return
+	}
 	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
 	start := time.Now()
-	err := r.apply(e, w, u)
+	r.apply(e, w, u, idx)
 	core.metrics.observeHandler(time.Since(start))
-	if err != nil {
-		e.handlerFailed(core, err, u.msgs[0].ID)
-	}
 }
 
-// apply runs the unit's entries in one transaction, setting aside each
-// entry whose handler fails until a transaction commits, then each entry
-// set aside alone. Entries committed are handed to the acknowledger;
-// those whose handler failed with Permanent are dead-lettered with its
-// error; the others stay pending, and the error returned says why.
-func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T]) error {
+// apply runs the unit's entries idx in one transaction, setting aside each
+// entry whose handler fails for its own reasons until a transaction
+// commits, then each entry set aside alone. Entries committed are handed
+// to the acknowledger; the failures of the others are settled as Run's
+// (see engine.failed). A failure that is no entry's own (BEGIN, COMMIT,
+// the connection, a conflict outlasting Retry, shutdown) leaves every
+// entry not yet committed pending, uncounted.
+func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int) {
 	ctx := e.handlerCtx
-	idx := make([]int, len(u.msgs))
-	for i := range idx {
-		idx[i] = i
-	}
 	var setAside []int
 	for len(idx) > 1 {
 		err := r.commit(ctx, e, w, u, idx)
@@ -323,31 +330,37 @@ func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T]) error {
 			break
 		}
 		var ef *entryFailure
-		if !errors.As(err, &ef) {
-			return err // not one entry's fault: the whole batch stays pending
+		if errors.As(err, &ef) && isOwnFailure(classifyFailure(ctx, ef.err)) {
+			setAside = append(setAside, idx[ef.index])
+			idx = append(idx[:ef.index:ef.index], idx[ef.index+1:]...)
+			continue
 		}
-		setAside = append(setAside, idx[ef.index])
-		idx = append(idx[:ef.index:ef.index], idx[ef.index+1:]...)
+		e.notOwn(u, append(idx, setAside...), err, notOwnFailure(ctx, unwrapEntryFailure(err)))
+		return
 	}
 	setAside = append(setAside, idx...)
-
-	var errs []error
 	for _, i := range setAside {
 		err := r.commit(ctx, e, w, u, []int{i})
 		if err == nil {
 			continue
 		}
-		msg := u.msgs[i]
-		cause := unwrapEntryFailure(err)
-		if errors.Is(err, ErrPermanent) {
-			if dlErr := e.deadLetter(msg, DeadLetterHandler, cause); dlErr != nil {
-				errs = append(errs, fmt.Errorf("entry %s: dead-letter: %w", msg.ID, dlErr))
-			}
-			continue
+		var ef *entryFailure
+		if errors.As(err, &ef) {
+			e.failed(u, i, ef.err, classifyFailure(ctx, ef.err))
+		} else {
+			e.notOwn(u, []int{i}, err, notOwnFailure(ctx, err))
 		}
-		errs = append(errs, fmt.Errorf("entry %s: %w", msg.ID, cause))
 	}
-	return errors.Join(errs...)
+}
+
+// notOwnFailure names the kind of a pipeline failure that is no entry's
+// own (see classifyFailure): never one that counts.
+func notOwnFailure(ctx context.Context, err error) string {
+	kind := classifyFailure(ctx, err)
+	if kind == "" || kind == FailureContention {
+		return kind
+	}
+	return FailureInfrastructure
 }
 
 // commit runs the transaction of the unit's entries idx. Once its COMMIT
@@ -375,9 +388,7 @@ func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T],
 	if r.p.afterCommit != nil {
 		r.p.afterCommit(context.WithoutCancel(ctx), msgs)
 	}
-	for _, i := range idx {
-		w.ack(e.sched, u, i)
-	}
+	e.succeeded(w, u, idx)
 	return nil
 }
 

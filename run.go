@@ -2,6 +2,8 @@ package safesync
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -53,7 +55,7 @@ func (c *Consumer[T]) Run(ctx context.Context, h Handler[T]) error {
 	}
 	return c.run(ctx, true, 1, c.core.cfg.Count, func(e *engine[T], w *worker[T], u *unit[T]) {
 		e.handleOne(w, u, h)
-	})
+	}, runOptions{})
 }
 
 // RunBatch is Run for handlers of several entries at once: it calls h with
@@ -76,7 +78,7 @@ func (c *Consumer[T]) RunBatch(ctx context.Context, size int, h BatchHandler[T])
 	}
 	return c.run(ctx, true, size, max(size, c.core.cfg.Count), func(e *engine[T], w *worker[T], u *unit[T]) {
 		e.handleBatch(u, h)
-	})
+	}, runOptions{batchHandler: true})
 }
 
 // ClaimStale runs only the reclaim part of Run, like the original's
@@ -93,7 +95,7 @@ func (c *Consumer[T]) ClaimStale(ctx context.Context, h Handler[T]) error {
 	}
 	return c.run(ctx, false, 1, 1, func(e *engine[T], w *worker[T], u *unit[T]) {
 		e.handleOne(w, u, h)
-	})
+	}, runOptions{})
 }
 
 // engine is one running Run, RunBatch or ClaimStale.
@@ -104,9 +106,14 @@ type engine[T any] struct {
 	unitSize   int
 	readCount  int
 	sched      *scheduler[T]
+	outage     *outage
 	inline     bool            // the reader handles what it reads: Run with Concurrency 1 on one stream
 	runCtx     context.Context // Run's ctx
 	handlerCtx context.Context // its values; cancelled ShutdownGrace after it
+
+	readMu     sync.Mutex
+	readCtx    context.Context // reads' ctx: cancelled when the consumer pauses
+	cancelRead context.CancelFunc
 }
 
 // enginePart is one stream an engine reads (a partition, when there are
@@ -118,31 +125,60 @@ type enginePart struct {
 	acks  *acker
 }
 
-func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount int, work func(*engine[T], *worker[T], *unit[T])) error {
+// runOptions are what a pipeline adds to a run: its database.
+type runOptions struct {
+	// probe checks the commit stage's database while the consumer is
+	// paused, and after an infrastructure failure.
+	probe func(ctx context.Context) error
+	// start runs before the first read; an infrastructure failure (the
+	// database unreachable) is waited out as an outage, another error
+	// ends Run.
+	start func(ctx context.Context) error
+	// batchHandler: the handler acknowledges entries itself (RunBatch),
+	// and units record which.
+	batchHandler bool
+}
+
+func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount int, work func(*engine[T], *worker[T], *unit[T]), opts runOptions) error {
 	if !c.core.running.CompareAndSwap(false, true) {
 		return ErrConsumerRunning
 	}
 	defer c.core.running.Store(false)
+	cfg := &c.core.cfg
+	token := newRunToken()
+	var metrics []*streamMetrics
+	for _, core := range c.parts {
+		core.token = token
+		metrics = append(metrics, core.metrics)
+	}
+	ping := func(ctx context.Context) error {
+		return c.core.client.Do(ctx, c.core.client.B().Ping().Build()).Error()
+	}
+	probes := []func(context.Context) error{ping}
+	if opts.probe != nil {
+		probes = append(probes, opts.probe)
+	}
+	o := newOutage(c.core.log, fmt.Sprintf("consumer %q of group %q on %q", cfg.Consumer, cfg.Group, cfg.Stream),
+		cfg.Readiness, metrics, probes...)
+	c.outage.Store(o)
+	proberCtx, stopProber := context.WithCancel(ctx)
+	proberDone := make(chan struct{})
+	go func() { defer close(proberDone); o.loop(proberCtx) }()
+	defer func() {
+		stopProber()
+		<-proberDone
+		o.close()
+	}()
+
+	// Until the first read: the group, the name's lease, the pipeline's
+	// start. A server unavailable meanwhile is an outage, waited out.
 	for _, core := range c.parts {
 		core.rereadOwnPending() // what an earlier run left unstarted comes first
-		for b := (readBackoff{}); ; {
-			err := core.ensureGroup(ctx)
-			if err == nil {
-				break
-			}
-			if ended(ctx, err) {
-				return nil
-			}
-			if !retryable(err) {
-				return err
-			}
-			core.log.Warn("safesync: cannot create the group yet; retrying", "error", err)
-			if !b.wait(ctx) {
-				return nil
-			}
+		if err := o.retry(ctx, core.log, "create the group", core.ensureGroup, retryable); err != nil || ctx.Err() != nil {
+			return err
 		}
 	}
-	leases, err := c.acquireNames(ctx)
+	leases, err := c.acquireNames(ctx, o)
 	if err != nil || leases == nil {
 		return err // nil: ctx ended
 	}
@@ -151,7 +187,12 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			l.release(ctx)
 		}
 	}()
-	cfg := &c.core.cfg
+	if opts.start != nil {
+		if err := o.retry(ctx, c.core.log, "prepare the commit stage", opts.start, isInfrastructure); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+
 	slots, err := newSlots(cfg.Concurrency)
 	if err != nil {
 		return err
@@ -159,7 +200,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
 	e := &engine[T]{
-		c: c, core: c.core, unitSize: unitSize, readCount: readCount,
+		c: c, core: c.core, unitSize: unitSize, readCount: readCount, outage: o,
 		runCtx: ctx, handlerCtx: handlerCtx,
 		inline: read && unitSize == 1 && cfg.Concurrency == 1 && len(c.parts) == 1,
 	}
@@ -168,17 +209,20 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 		order = newOrderer()
 	}
 	e.sched = newScheduler[T](ctx, slots, cfg.Concurrency, readCount, order)
+	e.sched.trackHandled = opts.batchHandler
 	for i, core := range c.parts {
 		release := func(ids []string) { e.sched.release(i, ids) }
-		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), release)})
+		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), release, o.report)})
 	}
 	e.sched.work = func(w *worker[T], u *unit[T]) { work(e, w, u) }
 	e.sched.flushAcks = func(part int, ids []string) { e.parts[part].acks.add(ids) }
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
+	e.readCtx, e.cancelRead = context.WithCancel(loopCtx)
+	o.setHooks(e.pause, func() { e.resume(loopCtx) })
 	var loops sync.WaitGroup
-	fatal := make(chan error, 2*len(e.parts))
+	fatal := make(chan error, 2*len(e.parts)+1)
 	startLoop := func(loop func(context.Context) error) {
 		loops.Add(1)
 		go func() {
@@ -201,6 +245,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	case <-ctx.Done():
 	case runErr = <-fatal:
 	}
+	o.setHooks(nil, nil)
 	e.sched.stop()
 	stopLoops()
 	e.waitHandlers(cfg.ShutdownGrace, cancelHandlers, &loops)
@@ -216,34 +261,56 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	return errors.Join(runErr, ackErr)
 }
 
-// acquireNames takes the lease of the consumer's name on each of its
-// streams (see nameLease), retrying Redis failures with backoff. It
-// returns nil leases and a nil error when ctx ended first.
-func (c *Consumer[T]) acquireNames(ctx context.Context) ([]*nameLease, error) {
-	var leases []*nameLease
-	giveUp := func(err error) ([]*nameLease, error) {
-		for _, l := range leases {
-			l.release(ctx)
-		}
-		return nil, err
+// newRunToken returns a random name for one Run, for attempt markers.
+func newRunToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// pause is the outage's pause hook: no unit starts, those waiting are
+// dropped (their entries stay pending), and reads in progress are cut
+// short.
+func (e *engine[T]) pause() {
+	e.sched.pause()
+	e.readMu.Lock()
+	e.cancelRead()
+	e.readMu.Unlock()
+}
+
+// resume is the outage's resume hook: reads start again with this
+// consumer's own pending entries (those it dropped or left at the pause),
+// and units start again.
+func (e *engine[T]) resume(loopCtx context.Context) {
+	e.readMu.Lock()
+	e.readCtx, e.cancelRead = context.WithCancel(loopCtx)
+	e.readMu.Unlock()
+	for _, p := range e.parts {
+		p.core.rereadOwnPending()
 	}
+	e.sched.resume()
+}
+
+// currentReadCtx returns the ctx of the next read: cancelled when the
+// consumer pauses.
+func (e *engine[T]) currentReadCtx() context.Context {
+	e.readMu.Lock()
+	defer e.readMu.Unlock()
+	return e.readCtx
+}
+
+// acquireNames takes the lease of the consumer's name on each of its
+// streams (see nameLease); Redis unavailable meanwhile is an outage,
+// waited out. It returns nil leases and a nil error when ctx ended first.
+func (c *Consumer[T]) acquireNames(ctx context.Context, o *outage) ([]*nameLease, error) {
+	var leases []*nameLease
 	for _, core := range c.parts {
 		l := newNameLease(core)
-		for b := (readBackoff{}); ; {
-			err := l.acquire(ctx)
-			if err == nil {
-				break
+		if err := o.retry(ctx, core.log, "take the consumer name's lease", l.acquire, retryable); err != nil || ctx.Err() != nil {
+			for _, l := range leases {
+				l.release(ctx)
 			}
-			if ended(ctx, err) {
-				return giveUp(nil)
-			}
-			if !retryable(err) {
-				return giveUp(err)
-			}
-			core.log.Warn("safesync: cannot take the consumer name's lease yet; retrying", "error", err)
-			if !b.wait(ctx) {
-				return giveUp(nil)
-			}
+			return nil, err
 		}
 		leases = append(leases, l)
 	}
@@ -292,6 +359,9 @@ func newSlots(n int) (*puddle.Pool[struct{}], error) {
 
 // readLoop reads entries and hands them to the scheduler until ctx ends,
 // reading ahead while fewer than a read's worth of entries wait to start.
+// While the consumer is paused it does not read; a read in progress when
+// the pause begins is cut short, and entries it returned anyway are left
+// pending, to be re-read on resume.
 //
 // With Concurrency 1 (inline), the reader is also the worker: it handles
 // what it read itself, then acknowledges those entries in the same round
@@ -303,21 +373,28 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 	var msgs []Message[T] // inline: reused from read to read
 	var units []unit[T]
 	var b readBackoff
-	for e.sched.waitToRead(ctx) {
-		acked := w.take(p.index)
-		raws, ackErr, err := p.core.read(ctx, e.readCount, acked)
-		if ackErr != nil {
-			p.acks.failed(ackErr)
+	for e.outage.wait(ctx) && e.sched.waitToRead(ctx) {
+		if e.outage.paused() {
+			continue
 		}
-		e.sched.release(p.index, acked)
+		acked := w.take(p.index)
+		raws, ackErr, err := p.core.read(e.currentReadCtx(), e.readCount, acked)
+		if ackErr != nil {
+			p.acks.retryOrFail(acked, ackErr)
+		} else {
+			e.sched.release(p.index, acked)
+		}
 		if err != nil {
-			if ended(ctx, err) {
+			switch {
+			case ended(ctx, err):
 				return nil
-			}
-			if !retryable(err) {
+			case e.outage.paused():
+				continue // cut short by the pause
+			case !retryable(err):
 				p.core.forgetGroup()
 				return p.core.explain(ctx, fmt.Sprintf("read %q (XREADGROUP)", p.core.cfg.Stream), p.core.cfg.Stream, err)
 			}
+			e.outage.report(err)
 			p.core.log.Warn("safesync: read failed; retrying", "error", err)
 			if !b.wait(ctx) {
 				return nil
@@ -325,6 +402,9 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 			continue
 		}
 		b.reset()
+		if raws.len() > 0 && e.outage.paused() {
+			continue // read as the pause began: pending, re-read on resume
+		}
 		if !e.inline {
 			e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
 			continue

@@ -12,6 +12,10 @@ import (
 type unit[T any] struct {
 	msgs  []Message[T]
 	order *unitOrder // nil without OrderBy
+	// exclusive units run with no other unit running in the process: an
+	// entry whose earlier attempt never ended (a crash suspect), so that
+	// the process's end during it is known to be that entry's doing.
+	exclusive bool
 	// acked marks the entries the handler's worker acknowledged: they stay
 	// held after the unit finishes, until their XACK has been sent.
 	acked    []bool
@@ -59,11 +63,16 @@ type scheduler[T any] struct {
 	// held are the entries admitted and neither released nor acknowledged:
 	// those waiting or running, and those whose handler succeeded until
 	// their XACK has been sent. An entry held is never admitted again.
-	held     map[heldEntry]struct{}
-	stopped  bool
-	changed  chan struct{} // closed when what a waiter waits for may hold
-	waitRead bool          // the reader waits for entries < readAhead
-	waitFree bool          // reclaim waits for a free slot
+	held    map[heldEntry]struct{}
+	stopped bool
+	// trackHandled gives every unit a batchState, so that a batch
+	// handler's own acknowledgements are known (RunBatch).
+	trackHandled bool
+	paused       bool          // by an outage: no unit starts
+	alone        bool          // an exclusive unit is running
+	changed      chan struct{} // closed when what a waiter waits for may hold
+	waitRead     bool          // the reader waits for entries < readAhead
+	waitFree     bool          // reclaim waits for a free slot
 }
 
 func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
@@ -154,7 +163,7 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	if len(kept) == 0 {
 		return 0
 	}
-	n := (len(kept) + size - 1) / size
+	n := unitCount(kept, size)
 	var units []unit[T]
 	if unitBuf != nil && cap(*unitBuf) >= n {
 		units = (*unitBuf)[:n]
@@ -169,10 +178,19 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	if s.order != nil {
 		orders = make([]unitOrder, n)
 	}
-	for i := range units {
+	for i, lo := 0, 0; i < n; i++ {
 		u := &units[i]
-		u.msgs = kept[i*size : min((i+1)*size, len(kept)) : min((i+1)*size, len(kept))]
-		if size > 1 {
+		hi := lo + 1
+		if kept[lo].isolate {
+			u.exclusive = true
+		} else {
+			for hi < len(kept) && hi-lo < size && !kept[hi].isolate {
+				hi++
+			}
+		}
+		u.msgs = kept[lo:hi:hi]
+		lo = hi
+		if size > 1 || s.trackHandled {
 			st := &batchState{handled: make([]bool, len(u.msgs))}
 			for j := range u.msgs {
 				u.msgs[j].batch, u.msgs[j].index = st, j
@@ -200,6 +218,25 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	return len(kept)
 }
 
+// unitCount is the number of units admit forms of msgs: runs of up to
+// size entries, each crash suspect a unit of its own.
+func unitCount[T any](msgs []Message[T], size int) int {
+	n, run := 0, 0
+	for i := range msgs {
+		switch {
+		case msgs[i].isolate:
+			n++
+			run = 0
+		case run == 0 || run == size:
+			n++
+			run = 1
+		default:
+			run++
+		}
+	}
+	return n
+}
+
 func contains(keys []string, k string) bool {
 	for _, have := range keys {
 		if have == k {
@@ -212,7 +249,7 @@ func contains(keys []string, k string) bool {
 // spawn starts workers for the ready units that no live worker is about to
 // take, while slots are free. Called with mu held.
 func (s *scheduler[T]) spawn() {
-	for s.active-s.running < s.readyLen() && s.active < s.concurrency {
+	for s.canPop() && s.active-s.running < s.readyLen() && s.active < s.concurrency {
 		slot, err := s.slots.TryAcquire(context.Background())
 		if err != nil {
 			return
@@ -243,7 +280,7 @@ func (s *scheduler[T]) runWorker(slot *puddle.Resource[struct{}]) {
 func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit[T] {
 	for flushed := false; ; flushed = true {
 		s.mu.Lock()
-		if !s.stopped && s.readyLen() > 0 && s.ctx.Err() == nil {
+		if s.canPop() {
 			u := s.pop()
 			s.mu.Unlock()
 			return u
@@ -292,13 +329,23 @@ func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) bool {
 func (s *scheduler[T]) take() *unit[T] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped || s.readyLen() == 0 || s.ctx.Err() != nil {
+	if !s.canPop() {
 		return nil
 	}
 	return s.pop()
 }
 
 func (s *scheduler[T]) readyLen() int { return len(s.ready) - s.head }
+
+// canPop reports whether the next ready unit may start now: the
+// scheduler runs, no exclusive unit is running, and the next unit, if
+// exclusive, would run alone. Called with mu held.
+func (s *scheduler[T]) canPop() bool {
+	if s.stopped || s.paused || s.alone || s.readyLen() == 0 || s.ctx.Err() != nil {
+		return false
+	}
+	return !s.ready[s.head].exclusive || s.running == 0
+}
 
 // pop removes the first ready unit and counts it running. Called with mu
 // held.
@@ -312,6 +359,10 @@ func (s *scheduler[T]) pop() *unit[T] {
 	s.units--
 	s.entries -= len(u.msgs)
 	s.running++
+	s.alone = u.exclusive
+	if u.order != nil {
+		u.order.running = true
+	}
 	s.signal()
 	return u
 }
@@ -332,8 +383,46 @@ func (s *scheduler[T]) finish(u *unit[T]) {
 		for _, next := range s.order.finish(u.order) {
 			s.ready = append(s.ready, next.payload.(*unit[T]))
 		}
-		s.spawn()
 	}
+	if u.exclusive {
+		s.alone = false
+	}
+	s.spawn()
+	s.signal()
+}
+
+// pause starts no unit until resume, and drops the units waiting to
+// start, releasing their entries: they stay pending under this consumer,
+// which re-reads them when it resumes. Running units go on.
+func (s *scheduler[T]) pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = true
+	var dropped []*unit[T]
+	if s.order != nil {
+		for _, uo := range s.order.dropWaiting() {
+			dropped = append(dropped, uo.payload.(*unit[T]))
+		}
+	} else {
+		dropped = s.ready[s.head:]
+	}
+	for _, u := range dropped {
+		for _, m := range u.msgs {
+			delete(s.held, heldEntry{m.part, m.ID})
+		}
+	}
+	clear(s.ready)
+	s.ready, s.head = s.ready[:0], 0
+	s.units, s.entries = 0, 0
+	s.signal()
+}
+
+// resume lets units start again.
+func (s *scheduler[T]) resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = false
+	s.spawn()
 	s.signal()
 }
 

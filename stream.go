@@ -112,6 +112,10 @@ type StreamConfig struct {
 	ShutdownGrace time.Duration
 	// Logger receives the consumer's diagnostics. Nil discards them.
 	Logger *slog.Logger
+	// Readiness, when set, reports whether this consumer is paused by an
+	// outage (see Readiness); one Readiness may serve every consumer and
+	// pipeline of a process, for its readiness probe.
+	Readiness *Readiness
 	// Metrics records reads, acks, claims, dead letters, handler latency and
 	// pending gauges. Nil means DefaultMetrics().
 	//
@@ -227,9 +231,16 @@ type Message[T any] struct {
 	// re-reads and claims), taken as the entry is handed over.
 	Deliveries int64
 
-	batch *batchState // set by RunBatch, to know which entries the handler acked
-	index int         // position in batch
-	part  int         // index of the consumer's stream it was read from (partitions)
+	// Failures is how many times the entry failed for its own reasons
+	// before this delivery (see MaxDeliveries): 0 the first time, and
+	// after failures that were not its own.
+	Failures int64
+
+	batch   *batchState    // set by RunBatch, to know which entries the handler acked
+	index   int            // position in batch
+	part    int            // index of the consumer's stream it was read from (partitions)
+	rec     *failureRecord // its failure record, when redelivered and it has one
+	isolate bool           // an earlier attempt never ended: run it alone
 }
 
 // PublishOption configures Publish.

@@ -369,3 +369,31 @@ func TestPipelineMetricsGivenOnceRecordEverything(t *testing.T) {
 		t.Errorf("transactions in the commit stage's own metrics = %v, want 1", got)
 	}
 }
+
+// Issue 12: dead letters explain themselves, written by one code path.
+// safesynctest.HandleTxJSON recorded a Permanent error's text while the
+// pipeline dropped it; both now write the same dead letter: reason, the
+// handler's error, delivery and failure counts, failure times, consumer.
+func TestPipelineAndHandleTxJSONWriteTheSameDeadLetter(t *testing.T) {
+	refuse := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		return safesync.Permanent(errors.New("amount must be positive"))
+	}
+	check := func(where string, d safesync.DeadLetterEntry) {
+		t.Helper()
+		if d.Reason != safesync.DeadLetterHandler || d.Error != "amount must be positive" || d.Deliveries != 1 ||
+			d.Failures != 1 || d.FirstFail.IsZero() || !d.LastFail.Equal(d.FirstFail) || d.Consumer == "" {
+			t.Errorf("%s: dead letter %+v, want reason handler, the handler's text, 1 delivery, 1 failure at one time, the consumer", where, d)
+		}
+	}
+	rep := safesynctest.HandleTxJSON(t, mysqltest.New(t), refuse, order{1, 1, -5})
+	if len(rep.DeadLettered) != 1 {
+		t.Fatalf("HandleTxJSON dead-lettered %d entries, want 1", len(rep.DeadLettered))
+	}
+	check("HandleTxJSON", rep.DeadLettered[0])
+
+	e := newPipelineEnv(t)
+	e.publish(t, order{1, 1, -5})
+	p := safesync.Stream(safesync.JSON[order]()).Handle(refuse).AckAfter(safesync.Commit(e.db))
+	e.run(t, p, func() bool { return len(safesynctest.DeadLetters(t, e.rdb, "orders:dead")) == 1 })
+	check("Pipeline", safesynctest.DeadLetters(t, e.rdb, "orders:dead")[0])
+}
