@@ -232,7 +232,7 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 			}
 		}()
 	}
-	startLoop(func(ctx context.Context) error { return renewNames(ctx, leases) })
+	startLoop(func(ctx context.Context) error { return renewNames(ctx, leases, o.report) })
 	for _, p := range e.parts {
 		if read {
 			startLoop(func(ctx context.Context) error { return e.readLoop(ctx, p) })
@@ -318,9 +318,12 @@ func (c *Consumer[T]) acquireNames(ctx context.Context, o *outage) ([]*nameLease
 }
 
 // renewNames renews the leases every leaseRenewal until ctx ends. It
-// returns an error when another process holds one of them; Redis failures
-// are left to the next renewal.
-func renewNames(ctx context.Context, leases []*nameLease) error {
+// returns an error when another process holds one of them. A renewal that
+// fails for want of Redis (it waits leaseRenewal at most) is reported to
+// the outage detector, which probes Redis: a Redis that hangs is noticed
+// within seconds even when nothing else is sent to it. The next renewal
+// tries again.
+func renewNames(ctx context.Context, leases []*nameLease, report func(error)) error {
 	t := time.NewTicker(leaseRenewal)
 	defer t.Stop()
 	for {
@@ -330,8 +333,15 @@ func renewNames(ctx context.Context, leases []*nameLease) error {
 		case <-t.C:
 		}
 		for _, l := range leases {
-			if err := l.renew(ctx); err != nil && errors.Is(err, ErrConsumerNameInUse) {
+			rctx, cancel := context.WithTimeout(ctx, leaseRenewal)
+			err := l.renew(rctx)
+			cancel()
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, ErrConsumerNameInUse):
 				return err
+			default:
+				report(err)
 			}
 		}
 	}

@@ -393,15 +393,18 @@ func (f *failureStore) del(ctx context.Context, fields []string) error {
 }
 
 // errorText is the text a dead letter and a failure record keep of err:
-// for a Permanent error returned as it is, the message it wraps.
+// its text, in which a Permanent error's reads as the message it wraps
+// ("refused", not "safesync: permanent failure: refused").
 func errorText(err error) string {
 	if err == nil {
 		return ""
 	}
-	if pe, ok := err.(*PermanentError); ok {
-		return pe.Err.Error()
+	text := err.Error()
+	var pe *PermanentError
+	if errors.As(err, &pe) {
+		text = strings.Replace(text, pe.Error(), pe.Err.Error(), 1)
 	}
-	return err.Error()
+	return text
 }
 
 // redisScript is a Lua script sent with EVALSHA, and with EVAL when the
