@@ -214,7 +214,9 @@ func (w *outageWorkload) publish(t *testing.T, n, refuseEvery int) {
 	}
 }
 
-func refusal(o order) error { return fmt.Errorf("order %d: amount %d is negative", o.OrderID, o.Amount) }
+func refusal(o order) error {
+	return fmt.Errorf("order %d: amount %d is negative", o.OrderID, o.Amount)
+}
 
 // apply is the handler's effect: one effects row, after a little work, so
 // that outages find transactions in flight; a negative amount is refused
