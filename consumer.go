@@ -12,10 +12,16 @@ import (
 )
 
 // Handler handles one entry. Returning nil acknowledges it. Returning an
-// error leaves it pending, to be redelivered by reclaim until it exceeds
-// MaxDeliveries, unless the error matches ErrPermanent (see Permanent):
-// then the entry is dead-lettered at once. A panic is recovered, counted in
-// handler_panics_total and treated like an error.
+// error leaves it pending, to be redelivered by reclaim; an error of its
+// own counts towards MaxDeliveries, and the one that reaches it
+// dead-letters the entry with the error's text. An error matching
+// ErrPermanent (see Permanent) dead-letters it at once. A panic is
+// recovered, counted in handler_panics_total, and counts as an error of
+// its own. An error that says a server could not be used (a network
+// error, a lost or refused database connection, an unknown commit
+// outcome, a Redis that is loading or failing over, ErrOutage) or that a
+// conflict outlasted its retries does not count: see
+// StreamConfig.MaxDeliveries; repeated ones pause the consumer (see Run).
 //
 // A handler may acknowledge its entry itself, with Consumer.Ack (in a
 // transaction's after-commit hook, say); the consumer's own acknowledgement
@@ -26,9 +32,12 @@ type Handler[T any] func(ctx context.Context, msg Message[T]) error
 // order. It owns their acknowledgement: it calls Consumer.Ack for the
 // entries it finished (typically after committing their effects) and
 // Consumer.DeadLetter for those it gives up on. Entries it neither acked nor
-// dead-lettered stay pending. Returning an error matching ErrPermanent
-// dead-letters those entries at once; a panic is recovered, counted, and
-// leaves them pending.
+// dead-lettered stay pending. When it returns an error, each of those
+// entries has the failure as its own, as for Handler (an error matching
+// ErrPermanent dead-letters them at once; an outage counts for none): a
+// batch handler that knows which entry is at fault dead-letters it, or
+// acknowledges the others, before returning. A panic is recovered,
+// counted, and is an error of each entry left.
 type BatchHandler[T any] func(ctx context.Context, msgs []Message[T]) error
 
 // ConsumerOption configures NewConsumer.
@@ -106,10 +115,10 @@ func (c *Consumer[T]) Config() StreamConfig { return c.core.cfg }
 
 // Read returns the next entries for this consumer, at most Count: first the
 // entries still pending under its name from an earlier run, then new ones,
-// waiting up to Block (or until shortly before ctx's deadline) for them. It
-// returns an empty slice when none arrived. Entries that cannot be decoded
-// or have exceeded MaxDeliveries are dead-lettered, not returned; a failure
-// to dead-letter one is returned along with the others.
+// waiting up to Block (or until ctx's deadline) for them. It returns an
+// empty slice when none arrived. Entries that cannot be decoded or have
+// failed MaxDeliveries times (under Run) are dead-lettered, not returned;
+// a failure to dead-letter one is returned along with the others.
 //
 // ctx governs the read; cancelling it returns at once with ctx's error.
 // Nothing is acknowledged: call Ack after handling each entry.
@@ -182,7 +191,8 @@ func (c *Consumer[T]) Messages(ctx context.Context) iter.Seq2[Message[T], error]
 }
 
 // Ack acknowledges msgs (XACK), one command per stream and group among
-// them, and counts them in messages_ack_total. A failure is counted in
+// them, and counts them in messages_ack_total; the failure records of
+// those delivered before go with them. A failure is counted in
 // ack_failures_total and returned; the entries it concerns stay pending.
 // Acknowledging an entry that is no longer pending does nothing. ctx
 // governs the commands. Ack is safe for concurrent use.
@@ -234,11 +244,13 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 
 // DeadLetter moves msg to the dead-letter stream with reason, as the
 // consumer itself does: it adds a copy of the entry's fields with its
-// stream, group, id, reason and delivery count to DeadLetterStream and
-// acknowledges the original, in one MULTI/EXEC (see StreamConfig's
-// DeadLetterStream for Redis Cluster). reason becomes a metric label: use
-// a fixed string such as DeadLetterHandler, never data. ctx governs the
-// commands. It is safe for concurrent use.
+// stream, group, id, reason, delivery count, the consumer's name and what
+// is known of its own failures (count, first and last time) to
+// DeadLetterStream, acknowledges the original and removes its failure
+// record, in one MULTI/EXEC (see StreamConfig's DeadLetterStream for
+// Redis Cluster). reason becomes a metric label: use a fixed string such
+// as DeadLetterHandler, never data. ctx governs the commands. It is safe
+// for concurrent use.
 func (c *Consumer[T]) DeadLetter(ctx context.Context, msg Message[T], reason string) error {
 	return c.deadLetter(ctx, msg, reason, nil)
 }

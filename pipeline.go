@@ -15,7 +15,8 @@ import (
 // transaction. It must do its database work through tx; it may use every
 // TxFunc combinator (WithRowLock, WithAdvisoryLock, OCC, …) by calling it
 // with ctx and tx. Returning an error rolls the transaction back and leaves
-// the entry pending; wrap it with Permanent to dead-letter the entry
+// the entry pending (counting towards MaxDeliveries when it is the entry's
+// own, as for Handler); wrap it with Permanent to dead-letter the entry
 // instead.
 type TxHandler[T any] func(ctx context.Context, tx *Tx, msg Message[T]) error
 
@@ -125,9 +126,11 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // back, k is set aside and the batch runs again without it, until a batch
 // commits; each entry set aside then runs alone, in its own transaction,
 // where it either commits and is acknowledged, is dead-lettered (Permanent
-// errors), or stays pending for reclaim and, after MaxDeliveries, the
-// dead-letter stream. A failure that belongs to no entry (BEGIN, COMMIT)
-// leaves the whole batch pending. Every size works: with Once, the
+// errors), or stays pending for reclaim, its own failure counted, until
+// the one that reaches MaxDeliveries dead-letters it. A failure that
+// belongs to no entry (BEGIN, COMMIT, the connection, a handler's
+// statement meeting an outage) leaves the whole batch pending, counted
+// for none. Every size works: with Once, the
 // batch's exactly-once records are inserted in chunks of 2,000 rows,
 // within MySQL's limit of placeholders a statement. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
@@ -140,8 +143,9 @@ func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 
 // Retry re-runs an entry's (or batch's) whole transaction for errors the
 // policy retries (conflicts, deadlocks, lock waits…), within its budget.
-// When the budget is spent the entry stays pending; reclaim and the
-// dead-letter stream take over.
+// When the budget is spent the entry stays pending, for reclaim; a budget
+// spent on conflicts or on an outage does not count towards
+// MaxDeliveries.
 func (p Pipeline[T]) Retry(policy RetryPolicy) Pipeline[T] {
 	if err := policy.validate(); err != nil {
 		panic(err.Error())
@@ -167,16 +171,26 @@ func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])
 	return p
 }
 
-// Run consumes cfg's stream with client until ctx is cancelled, applying
-// entries through the commit stage (see Consumer.RunBatch for reading,
-// reclaim, dead letters, concurrency and shutdown, and StreamConfig for
-// the defaults). cfg.Metrics, when set, also records the commit stage's
-// transactions and statements and the Retry policy's retries, unless
-// Commit was given WithMetrics or the policy its own WithMetrics. It returns nil after ctx ended (cancelled or past its
-// deadline) and every in-flight
-// transaction has committed and been acknowledged or rolled back, and an
-// error for an invalid configuration or a failure Redis will not recover
-// from.
+// Run consumes cfg's stream with client until ctx ends, applying entries
+// through the commit stage; see Consumer.RunBatch for reading, reclaim,
+// dead letters, concurrency and shutdown, Consumer.Run for outages, and
+// StreamConfig for the defaults. Before the first read it pings the
+// database (and, with Once, prepares its statements): a database that
+// cannot be reached then is an outage like any other, waited out, not an
+// error. While the database or Redis is down the pipeline pauses: it
+// reads and claims nothing, probes both with backoff, reports the pause in
+// cfg.Readiness and the paused gauge, and resumes by itself.
+//
+// cfg.Metrics, when set, also records the commit stage's transactions and
+// statements and the Retry policy's retries, unless Commit was given
+// WithMetrics or the policy its own WithMetrics.
+//
+// Run returns nil after ctx ended (cancelled or past its deadline) and
+// every in-flight transaction has committed and been acknowledged or
+// rolled back; an error for an invalid configuration, a refusal that
+// waiting cannot fix (a key of another type, NOPERM, a missing
+// exactly-once table, the consumer's name in use by another process), and
+// acknowledgements that failed for good.
 func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamConfig) error {
 	opts, err := p.consumerOptions("Run")
 	if err != nil {

@@ -13,10 +13,10 @@ import (
 )
 
 // Run reads entries and calls h for each, up to Concurrency at a time (in
-// per-key order with OrderBy), until ctx is cancelled. An entry is
-// acknowledged after h returns nil; the acknowledgements of entries handled
-// in a burst are sent together, in one XACK, while handling goes on. See
-// Handler for errors and panics.
+// per-key order with OrderBy), until ctx ends. An entry is acknowledged
+// after h returns nil; the acknowledgements of entries handled in a burst
+// are sent together, in one XACK, while handling goes on. See Handler for
+// errors and panics.
 //
 // Run first re-reads the entries still pending under this consumer's name,
 // then reads new ones, Count at a time, reading the next batch while the
@@ -24,10 +24,36 @@ import (
 // Run starts, it also claims entries that have been pending longer than
 // ClaimIdle under any consumer of the group (XAUTOCLAIM, following the
 // cursor through the whole pending list, never claiming more at once than
-// there are free handler slots), refreshes the pending gauges, and
-// dead-letters entries past MaxDeliveries. Entries that cannot be decoded
-// are dead-lettered on their first delivery; the others of their read are
-// handled as usual.
+// there are free handler slots), and refreshes the pending gauges. Entries
+// that cannot be decoded are dead-lettered on their first delivery, and
+// entries that failed for their own reasons MaxDeliveries times at the
+// failure that reaches it; the others of their read are handled as usual.
+// While it runs, the consumer holds a lease on its name (see
+// StreamConfig.Consumer).
+//
+// Outages. When Redis cannot be reached, or handlers fail for reasons
+// that are not their entries' own (see Handler), Run probes Redis (and a
+// pipeline's database); when a probe fails, or three such failures come
+// in a row, it pauses: it reads and claims nothing, starts no handler,
+// lets those running finish (their entries stay pending, uncounted) and
+// leaves the entries read but not started pending. It logs the pause once,
+// sets the paused gauge, and reports it through Ready and
+// StreamConfig.Readiness; it probes with a backoff doubling from 100 ms to
+// 5 s, resumes by itself once the probes pass (re-reading its own pending
+// entries first), and logs once more when a second has gone by without a
+// failure. Redis or the database unreachable when Run starts is the same:
+// Run waits. An acknowledgement that fails for want of Redis is sent again
+// until it succeeds or Run ends; its entries are not run again meanwhile.
+//
+// Crashes. Before handling an entry delivered before, Run records the
+// attempt's start beside the entry's failure record, and removes it with
+// the outcome. An attempt found unended on the next delivery means its
+// process ended during the handler (os.Exit, a fatal error, the OOM
+// killer, SIGKILL): when that handler ran alone in its process, the end is
+// counted as one failure of the entry, of kind crash; an entry found so
+// after a run beside others is run alone next time, with no other handler
+// of the process running, so that a crash poison entry is dead-lettered
+// after MaxDeliveries crashes while the entries beside it are not counted.
 //
 // ctx governs reading: cancelling it interrupts a blocking read at once, and
 // no handler starts after that. Handlers receive a ctx that carries ctx's
@@ -37,16 +63,16 @@ import (
 // every handler has returned and every acknowledgement has been sent; no
 // goroutine it started outlives it.
 //
-// Run returns nil once ctx has ended, cancelled or past its deadline;
-// near the deadline it waits for it rather than send reads that cannot
-// block. It returns early with an error
-// when Redis refuses to create the group, or a read or claim, in a way
-// retrying cannot fix (the group was destroyed, or lost in a failover
-// before its creation reached the replica; NOPERM; a key holds another
-// type, ErrWrongType), naming the command and the key;
-// after a missing group, the next Run creates it again, from StartID;
-// lost connections and a server that is loading or failing over are
-// retried with backoff. Acknowledgements that failed, counted in
+// Run returns nil once ctx has ended, cancelled or past its deadline; near
+// the deadline it waits for it rather than send reads that cannot block.
+// It returns early with an error when Redis refuses to create the group,
+// or a read or claim, in a way retrying cannot fix (the group was
+// destroyed, or lost in a failover before its creation reached the
+// replica; NOPERM; a key holds another type, ErrWrongType), naming the
+// command and the key, and when another live process runs a consumer of
+// the same name (ErrConsumerNameInUse). After a missing group, the next
+// Run creates it again, from StartID. Acknowledgements that failed for
+// good (refused by Redis, or still failing when Run ends), counted in
 // ack_failures_total as they happen, are also reported in Run's error;
 // their entries stay pending and are redelivered.
 func (c *Consumer[T]) Run(ctx context.Context, h Handler[T]) error {

@@ -30,8 +30,8 @@ const (
 	DefaultClaimIdle = time.Minute
 	// DefaultClaimInterval is the pause between two reclaim scans.
 	DefaultClaimInterval = 5 * time.Second
-	// DefaultMaxDeliveries is how many deliveries an entry gets before it is
-	// dead-lettered instead of being handled once more.
+	// DefaultMaxDeliveries is how many times an entry may fail for its own
+	// reasons before it is dead-lettered (see StreamConfig.MaxDeliveries).
 	DefaultMaxDeliveries = 10
 	// DefaultShutdownGrace is how long in-flight handlers may run on after
 	// the consumer's ctx is cancelled.
@@ -96,12 +96,30 @@ type StreamConfig struct {
 	// refreshes of the pending-entries gauges (DefaultClaimInterval). A scan
 	// follows the XAUTOCLAIM cursor to its end before it pauses.
 	ClaimInterval time.Duration
-	// MaxDeliveries is how many times an entry is delivered before it is
-	// moved to the dead-letter stream instead of being handled again
-	// (DefaultMaxDeliveries).
+	// MaxDeliveries is how many times an entry may fail for its own
+	// reasons (DefaultMaxDeliveries): its handler returned an error or
+	// panicked, or its process ended while the handler ran alone on it (a
+	// crash: see Run). The failure that reaches MaxDeliveries moves the
+	// entry to the dead-letter stream, with that failure's error, instead
+	// of leaving it pending. A Permanent error moves it at once, and an
+	// entry that cannot be decoded on its first delivery.
+	//
+	// Failures that are not the entry's own never count: the database or
+	// Redis unreachable, a connection lost, BEGIN or COMMIT failing, an
+	// unknown commit outcome, Outage errors, conflicts, deadlocks and lock
+	// waits that outlast the Retry budget, and the end of Run's ctx. Such
+	// an entry stays pending, and comes back however long the outage
+	// lasts. Redis' own delivery count (Message.Deliveries) is not the
+	// measure: it grows with every read and claim. The count of own
+	// failures (Message.Failures) is kept in Redis, in a hash beside the
+	// stream in its cluster slot, written when an entry fails or is
+	// delivered again, and removed when it is acknowledged or
+	// dead-lettered; an entry delivered once and handled costs nothing
+	// there.
 	MaxDeliveries int64
 	// DeadLetterStream receives entries that could not be decoded, failed
-	// permanently, or exceeded MaxDeliveries (Stream + DeadLetterSuffix).
+	// permanently, or failed MaxDeliveries times (Stream +
+	// DeadLetterSuffix), each with the fields named DeadLetterField….
 	// Give it the same hash tag as Stream on Redis Cluster so that the move
 	// stays one MULTI/EXEC. It must differ from Stream.
 	DeadLetterStream string

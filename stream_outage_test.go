@@ -9,7 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +26,83 @@ import (
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
 )
+
+// A Readiness tells a readiness probe whether the consumers and pipelines
+// given it consume or are paused by an outage; it is an http.Handler.
+func ExampleReadiness() {
+	srv, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	client, err := srv.Client()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	ready := safesync.NewReadiness()
+	mux := http.NewServeMux()
+	mux.Handle("/readyz", ready) // answers 503 while a consumer is paused
+
+	consumer, err := safesync.NewConsumer(client, safesync.StreamConfig{
+		Stream: "orders", Group: "billing", Consumer: "worker-1",
+		Readiness: ready, // pipelines take it the same way, in their StreamConfig
+	}, safesync.JSON[Order]())
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	go func() { _ = consumer.Run(ctx, func(context.Context, safesync.Message[Order]) error { return nil }) }()
+
+	probe := httptest.NewRecorder()
+	mux.ServeHTTP(probe, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	fmt.Println(probe.Code, strings.TrimSpace(probe.Body.String()))
+	// Output: 200 ok
+}
+
+// A handler whose own dependency is down says so with Outage: the entry
+// stays pending without the failure counting towards MaxDeliveries, and is
+// handled once the dependency is back.
+func ExampleOutage() {
+	srv, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	client, err := srv.Client()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := safesync.PublishJSON(ctx, client, "orders", Order{ID: 1, Amount: 10}); err != nil {
+		log.Fatal(err)
+	}
+
+	consumer, err := safesync.NewConsumer(client, safesync.StreamConfig{
+		Stream: "orders", Group: "billing", Consumer: "worker-1",
+		MaxDeliveries: 1, ClaimIdle: 10 * time.Millisecond, ClaimInterval: 10 * time.Millisecond,
+	}, safesync.JSON[Order]())
+	if err != nil {
+		log.Fatal(err)
+	}
+	calls := 0
+	err = consumer.Run(ctx, func(ctx context.Context, msg safesync.Message[Order]) error {
+		if calls++; calls <= 3 {
+			return safesync.Outage(errors.New("payments API unavailable"))
+		}
+		fmt.Printf("order %d charged on attempt %d; own failures before: %d\n", msg.Value.ID, calls, msg.Failures)
+		cancel()
+		return nil
+	})
+	fmt.Println("Run:", err)
+	// Output:
+	// order 1 charged on attempt 4; own failures before: 0
+	// Run: <nil>
+}
 
 // failuresKey is where the consumer of defectConfig keeps the failure
 // records of "orders" for "workers".

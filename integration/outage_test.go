@@ -722,3 +722,22 @@ func TestOutageCrashInsideTheHandler(t *testing.T) {
 		}
 	}
 }
+
+// Waiting out outages does not hide mistakes: a pipeline whose
+// exactly-once table does not exist still fails at once, naming it.
+func TestOutageConfigurationErrorsStillFailAtOnce(t *testing.T) {
+	db := openMySQL(t, nil)
+	rdb := openRedis(t)
+	stream := uniqueStream(t, rdb)
+	missing := uniqueName(t, "missing")
+	p := safesync.Stream(safesync.JSON[order]()).
+		Handle(func(context.Context, *safesync.Tx, safesync.Message[order]) error { return nil }).
+		AckAfter(safesync.Commit(db)).Once(missing)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := p.Run(ctx, rdb, safesync.StreamConfig{Stream: stream, Group: "g", Consumer: "c", Block: 100 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), missing) || time.Since(start) > 2*time.Second {
+		t.Fatalf("Run = %v after %v, want an error naming the missing table %s at once", err, time.Since(start).Round(time.Millisecond), missing)
+	}
+}
