@@ -26,20 +26,22 @@ const maxAckBatch = 512
 // still failing when Run ends, is counted, reported by Run and its entries
 // stay pending.
 type acker struct {
-	core    *streamCore
-	ctx     context.Context    // values of Run's ctx, without its cancellation
-	release func(ids []string) // called with the ids of each XACK once settled
-	report  func(err error)    // told of XACKs failing for want of Redis
-	ids     chan []string
-	done    chan struct{}
+	core *streamCore
+	ctx  context.Context // values of Run's ctx, without its cancellation
+	// settle is called with the ids of each XACK once it succeeded
+	// (acked) or failed for good.
+	settle func(ids []string, acked bool)
+	report func(err error) // told of XACKs failing for want of Redis
+	ids    chan []string
+	done   chan struct{}
 
 	mu       sync.Mutex
 	failures int
 	lastErr  error
 }
 
-func newAcker(core *streamCore, ctx context.Context, release func(ids []string), report func(err error)) *acker {
-	a := &acker{core: core, ctx: ctx, release: release, report: report, ids: make(chan []string, 64), done: make(chan struct{})}
+func newAcker(core *streamCore, ctx context.Context, settle func(ids []string, acked bool), report func(err error)) *acker {
+	a := &acker{core: core, ctx: ctx, settle: settle, report: report, ids: make(chan []string, 64), done: make(chan struct{})}
 	go a.loop()
 	return a
 }
@@ -94,7 +96,7 @@ func (a *acker) loop() {
 		if err != nil {
 			a.failed(err)
 		}
-		a.release(batch)
+		a.settle(batch, err == nil)
 		pending = append(pending[:0], pending[len(batch):]...)
 	}
 }
@@ -133,7 +135,7 @@ func (a *acker) retryOrFail(ids []string, err error) {
 		return
 	}
 	a.failed(err)
-	a.release(ids)
+	a.settle(ids, false)
 }
 
 // failed records an acknowledgement that failed for good, so that Run

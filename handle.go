@@ -128,9 +128,7 @@ func (e *engine[T]) begin(u *unit[T], idx []int) ([]int, bool) {
 			"id", m.ID, "failures", m.Failures, "max", core.cfg.MaxDeliveries, "error", a.record.lastErr)
 		if a.record.failures >= core.cfg.MaxDeliveries {
 			dead[i] = true
-			if err := e.moveToDeadLetter(*m, DeadLetterMaxDeliveries, errors.New(a.record.lastErr), m.entry().withRecord(a.record)); err != nil {
-				e.deadLetterFailed(*m, err)
-			}
+			e.deadLetter(u, i, DeadLetterMaxDeliveries, errors.New(a.record.lastErr), m.entry().withRecord(a.record))
 		}
 	}
 	if len(dead) == 0 {
@@ -181,9 +179,7 @@ func (e *engine[T]) failed(u *unit[T], i int, err error, kind string) {
 	}
 	switch {
 	case kind == FailurePermanent:
-		if err := e.moveToDeadLetter(m, DeadLetterHandler, err, m.entry().withFailure(m.rec)); err != nil {
-			e.deadLetterFailed(m, err)
-		}
+		e.deadLetter(u, i, DeadLetterHandler, err, m.entry().withFailure(m.rec))
 	case isOwnFailure(kind):
 		var pe *panicError
 		if errors.As(err, &pe) {
@@ -200,9 +196,7 @@ func (e *engine[T]) failed(u *unit[T], i int, err error, kind string) {
 			return
 		}
 		if rec.failures >= core.cfg.MaxDeliveries {
-			if err := e.moveToDeadLetter(m, DeadLetterMaxDeliveries, err, m.entry().withRecord(rec)); err != nil {
-				e.deadLetterFailed(m, err)
-			}
+			e.deadLetter(u, i, DeadLetterMaxDeliveries, err, m.entry().withRecord(rec))
 			return
 		}
 		core.log.Warn("safesync: handler failed; the entry stays pending",
@@ -253,20 +247,21 @@ func (e *engine[T]) endAttempts(u *unit[T], idx []int) {
 	}
 }
 
-// moveToDeadLetter moves msg, described by d, to the dead-letter stream
-// with reason and cause, under a ctx that outlives Run's by ackTimeout.
-func (e *engine[T]) moveToDeadLetter(msg Message[T], reason string, cause error, d deadLetterEntry) error {
+// deadLetter moves entry i of u, described by d, to the dead-letter
+// stream with reason and cause, under a ctx that outlives Run's by
+// ackTimeout, and records it settled. When the move fails the entry stays
+// pending, and comes back.
+func (e *engine[T]) deadLetter(u *unit[T], i int, reason string, cause error, d deadLetterEntry) {
+	msg := u.msgs[i]
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.runCtx), ackTimeout)
 	defer cancel()
-	return e.c.moveToDeadLetter(ctx, msg, reason, cause, d)
-}
-
-// deadLetterFailed records that msg could not be dead-lettered: it stays
-// pending, and comes back.
-func (e *engine[T]) deadLetterFailed(msg Message[T], err error) {
-	core := e.parts[msg.part].core
-	core.metrics.countAckFailure()
-	core.log.Error("safesync: dead-letter failed; the entry stays pending", "id", msg.ID, "error", err)
+	if err := e.c.moveToDeadLetter(ctx, msg, reason, cause, d); err != nil {
+		core := e.parts[msg.part].core
+		core.metrics.countAckFailure()
+		core.log.Error("safesync: dead-letter failed; the entry stays pending", "id", msg.ID, "error", err)
+		return
+	}
+	u.mark(i, outcomeSettled)
 }
 
 // panicError is a recovered handler panic.

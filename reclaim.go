@@ -67,14 +67,14 @@ func (e *engine[T]) claimPass(ctx context.Context, p *enginePart) error {
 		if free == 0 || e.outage.paused() {
 			return nil // ctx ended, or paused
 		}
+		read := e.sched.readStarted()
 		next, raws, err := p.core.autoclaim(ctx, cursor, free*e.unitSize)
-		if err != nil {
+		if err != nil || e.outage.paused() {
+			e.sched.readDone(read)
 			return err
 		}
-		if e.outage.paused() {
-			return nil
-		}
-		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
+		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil, read)
+		e.sched.readDone(read)
 		if next == endCursor {
 			return nil
 		}

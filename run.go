@@ -237,8 +237,14 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	e.sched = newScheduler[T](ctx, slots, cfg.Concurrency, readCount, order)
 	e.sched.trackHandled = opts.batchHandler
 	for i, core := range c.parts {
-		release := func(ids []string) { e.sched.release(i, ids) }
-		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), release, o.report)})
+		settle := func(ids []string, acked bool) {
+			if acked {
+				e.sched.settle(i, ids)
+			} else {
+				e.sched.release(i, ids)
+			}
+		}
+		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), settle, o.report)})
 	}
 	e.sched.work = func(w *worker[T], u *unit[T]) { work(e, w, u) }
 	e.sched.flushAcks = func(part int, ids []string) { e.parts[part].acks.add(ids) }
@@ -414,13 +420,15 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 			continue
 		}
 		acked := w.take(p.index)
+		read := e.sched.readStarted()
 		raws, ackErr, err := p.core.read(e.currentReadCtx(), e.readCount, acked)
 		if ackErr != nil {
 			p.acks.retryOrFail(acked, ackErr)
 		} else {
-			e.sched.release(p.index, acked)
+			e.sched.settle(p.index, acked)
 		}
 		if err != nil {
+			e.sched.readDone(read)
 			switch {
 			case ended(ctx, err):
 				return nil
@@ -439,16 +447,19 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 		}
 		b.reset()
 		if raws.len() > 0 && e.outage.paused() {
+			e.sched.readDone(read)
 			continue // read as the pause began: pending, re-read on resume
 		}
 		if !e.inline {
-			e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
+			e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil, read)
+			e.sched.readDone(read)
 			continue
 		}
 		// Inline, the messages and units of a read are done with once
 		// runHere has drained the queue, so the next read reuses them.
 		msgs = e.prepare(ctx, p, raws, msgs)
-		e.sched.admit(msgs, e.unitSize, e.c.key, false, &units)
+		e.sched.admit(msgs, e.unitSize, e.c.key, false, &units, read)
+		e.sched.readDone(read)
 		if !e.sched.runHere(ctx, &w) {
 			msgs, units = nil, nil
 		}

@@ -2,6 +2,7 @@ package safesync
 
 import (
 	"context"
+	"math"
 	"sync"
 
 	"github.com/jackc/puddle/v2"
@@ -16,22 +17,41 @@ type unit[T any] struct {
 	// entry whose earlier attempt never ended (a crash suspect), so that
 	// the process's end during it is known to be that entry's doing.
 	exclusive bool
-	// acked marks the entries the handler's worker acknowledged: they stay
-	// held after the unit finishes, until their XACK has been sent.
-	acked    []bool
-	ackedOne [1]bool // acked's array for a unit of one entry
+	// outcome records, by entry, what finish does with it: release it
+	// (nothing recorded: it stays pending, for redelivery), keep it held
+	// until its XACK has been sent (handed to the acknowledger), or settle
+	// it (dead-lettered, or acknowledged by the handler itself).
+	outcome    []entryOutcome
+	outcomeOne [1]entryOutcome // outcome's array for a unit of one entry
 }
 
-// markAcked records that entry i was handed over for acknowledgement.
-func (u *unit[T]) markAcked(i int) {
-	if u.acked == nil {
+// entryOutcome is what became of one entry of a unit; see unit.outcome.
+type entryOutcome uint8
+
+const (
+	outcomePending entryOutcome = iota // left pending: released at finish
+	outcomeAcking                      // handed to the acknowledger: held until its XACK is sent
+	outcomeSettled                     // acknowledged or dead-lettered already: settled at finish
+)
+
+// mark records the outcome of entry i.
+func (u *unit[T]) mark(i int, o entryOutcome) {
+	if u.outcome == nil {
 		if len(u.msgs) == 1 {
-			u.acked = u.ackedOne[:]
+			u.outcome = u.outcomeOne[:]
 		} else {
-			u.acked = make([]bool, len(u.msgs))
+			u.outcome = make([]entryOutcome, len(u.msgs))
 		}
 	}
-	u.acked[i] = true
+	u.outcome[i] = o
+}
+
+// outcomeOf returns the outcome recorded for entry i.
+func (u *unit[T]) outcomeOf(i int) entryOutcome {
+	if u.outcome == nil {
+		return outcomePending
+	}
+	return u.outcome[i]
 }
 
 // scheduler runs units on at most Concurrency workers. A worker is a
@@ -60,10 +80,19 @@ type scheduler[T any] struct {
 	entries int // entries in those units
 	running int // units running
 	active  int // workers alive
-	// held are the entries admitted and neither released nor acknowledged:
+	// held are the entries admitted and neither released nor settled:
 	// those waiting or running, and those whose handler succeeded until
 	// their XACK has been sent. An entry held is never admitted again.
-	held    map[heldEntry]struct{}
+	held map[heldEntry]struct{}
+	// settled are entries acknowledged or dead-lettered while reads or
+	// claims sent earlier were in flight, with the settlement's sequence
+	// number: such a read may have run on Redis before the XACK and
+	// return the entry, which must not be admitted again. reads counts
+	// the reads and claims in flight by the sequence number when they were
+	// sent; a settlement no read in flight predates is forgotten.
+	settled map[heldEntry]uint64
+	reads   map[uint64]int
+	seq     uint64
 	stopped bool
 	// trackHandled gives every unit a batchState, so that a batch
 	// handler's own acknowledgements are known (RunBatch).
@@ -78,7 +107,8 @@ type scheduler[T any] struct {
 func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
 	return &scheduler[T]{
 		ctx: ctx, slots: slots, concurrency: concurrency, readAhead: readAhead, order: order,
-		held: map[heldEntry]struct{}{}, changed: make(chan struct{}),
+		held: map[heldEntry]struct{}{}, settled: map[heldEntry]uint64{}, reads: map[uint64]int{},
+		changed: make(chan struct{}),
 	}
 }
 
@@ -103,9 +133,9 @@ type worker[T any] struct {
 const maxWorkerAcks = 128
 
 // ack buffers entry i of u for acknowledgement; the entry stays held
-// until its XACK has been sent (see release).
+// until its XACK has been sent (see settle).
 func (w *worker[T]) ack(s *scheduler[T], u *unit[T], i int) {
-	u.markAcked(i)
+	u.mark(i, outcomeAcking)
 	part, id := u.msgs[i].part, u.msgs[i].ID
 	for len(w.acks) <= part {
 		w.acks = append(w.acks, nil)
@@ -141,13 +171,14 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 	w.pending = 0
 }
 
-// admit takes msgs in stream order, drops those already held (an entry
-// reclaim handed back while this consumer still had it, running it or
-// acknowledging it), forms units of up
-// to size entries and queues them, and starts workers for them when spawn
-// is true. It reports how many entries it queued. unitBuf, when not nil,
+// admit takes msgs in stream order, read or claimed by the read that
+// readStarted numbered read, drops those this consumer holds (an entry
+// reclaim handed back while this consumer was running it or acknowledging
+// it) or settled after that read was sent, forms units of up to size
+// entries and queues them, and starts workers for them when spawn is
+// true. It reports how many entries it queued. unitBuf, when not nil,
 // holds units no longer in use, reused when there are enough.
-func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T]) int {
+func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T], read uint64) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -155,10 +186,15 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	}
 	kept := msgs[:0]
 	for _, m := range msgs {
-		if _, dup := s.held[heldEntry{m.part, m.ID}]; !dup {
-			s.held[heldEntry{m.part, m.ID}] = struct{}{}
-			kept = append(kept, m)
+		e := heldEntry{m.part, m.ID}
+		if _, dup := s.held[e]; dup {
+			continue
 		}
+		if at, ok := s.settled[e]; ok && at > read {
+			continue
+		}
+		s.held[e] = struct{}{}
+		kept = append(kept, m)
 	}
 	if len(kept) == 0 {
 		return 0
@@ -375,8 +411,15 @@ func (s *scheduler[T]) finish(u *unit[T]) {
 	defer s.mu.Unlock()
 	s.running--
 	for i, m := range u.msgs {
-		if u.acked == nil || !u.acked[i] {
+		o := u.outcomeOf(i)
+		if o == outcomePending && m.batch != nil && m.batch.isHandled(m.index) {
+			o = outcomeSettled // the batch handler acknowledged or dead-lettered it
+		}
+		switch o {
+		case outcomePending:
 			delete(s.held, heldEntry{m.part, m.ID})
+		case outcomeSettled:
+			s.settleLocked(m.part, m.ID)
 		}
 	}
 	if s.order != nil {
@@ -426,9 +469,8 @@ func (s *scheduler[T]) resume() {
 	s.signal()
 }
 
-// release stops holding the entries ids of partition part once their
-// XACK has been sent, or has failed (they are pending again, for
-// redelivery).
+// release stops holding the entries ids of partition part, whose XACK
+// failed: they are pending, for redelivery.
 func (s *scheduler[T]) release(part int, ids []string) {
 	if len(ids) == 0 {
 		return
@@ -437,6 +479,66 @@ func (s *scheduler[T]) release(part int, ids []string) {
 	defer s.mu.Unlock()
 	for _, id := range ids {
 		delete(s.held, heldEntry{part, id})
+	}
+}
+
+// settle stops holding the entries ids of partition part, acknowledged:
+// a read or claim sent before may still return them, and admit drops
+// them.
+func (s *scheduler[T]) settle(part int, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		s.settleLocked(part, id)
+	}
+}
+
+// settleLocked settles one entry; s.mu is held.
+func (s *scheduler[T]) settleLocked(part int, id string) {
+	e := heldEntry{part, id}
+	delete(s.held, e)
+	if len(s.reads) > 0 {
+		s.seq++
+		s.settled[e] = s.seq
+	}
+}
+
+// readStarted records that a read or claim is about to be sent, and
+// returns its number for admit and readDone.
+func (s *scheduler[T]) readStarted() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads[s.seq]++
+	return s.seq
+}
+
+// readDone records that what the read numbered read returned has been
+// admitted or dropped, and forgets the settlements that no read still in
+// flight was sent before.
+func (s *scheduler[T]) readDone(read uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reads[read]--; s.reads[read] <= 0 {
+		delete(s.reads, read)
+	}
+	if len(s.settled) == 0 {
+		return
+	}
+	if len(s.reads) == 0 {
+		clear(s.settled)
+		return
+	}
+	oldest := uint64(math.MaxUint64)
+	for r := range s.reads {
+		oldest = min(oldest, r)
+	}
+	for e, at := range s.settled {
+		if at <= oldest {
+			delete(s.settled, e)
+		}
 	}
 }
 

@@ -425,3 +425,88 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// lateClient delays the sending of XACKs by ackDelay, and the replies of
+// pipelines that look the delivery counts of claimed entries up (XPENDING
+// of one entry) by replyDelay: the commands run on the server at once,
+// their answers come late.
+type lateClient struct {
+	rueidis.Client
+	ackDelay, replyDelay time.Duration
+}
+
+func (c *lateClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	if hasXack(cmd) {
+		time.Sleep(c.ackDelay)
+	}
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *lateClient) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	if hasXack(cmds...) {
+		time.Sleep(c.ackDelay)
+	}
+	late := false // looked at before sending: rueidis recycles commands once sent
+	for _, cmd := range cmds {
+		// XPENDING key group start end count, for one entry (not the
+		// pending gauges' XPENDING … - + 1)
+		if parts := cmd.Commands(); len(parts) >= 6 && strings.EqualFold(parts[0], "XPENDING") && parts[3] != "-" {
+			late = true
+		}
+	}
+	res := c.Client.DoMulti(ctx, cmds...)
+	if late {
+		time.Sleep(c.replyDelay)
+	}
+	return res
+}
+
+// Issue 11, item 4, the narrow case: a claim that ran on Redis before this
+// consumer's XACK of an entry, but whose answer arrived after the XACK's,
+// handed the entry over again once its XACK had been sent. The entry is
+// settled: a read or claim sent before its XACK drops it.
+func TestConsumerNeverRunsAnEntryAgainThatItAcknowledgedDuringAClaim(t *testing.T) {
+	base := safesynctest.NewRedis(t)
+	const n = 1
+	safesynctest.PublishJSON(t, base, "orders", item{N: 1})
+	cfg := defectConfig(nil)
+	cfg.Consumer = "crashed"
+	if msgs, err := mustConsumer(t, base, cfg).Read(context.Background()); err != nil || len(msgs) != n {
+		t.Fatalf("read %d, %v", len(msgs), err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	// The entry is claimed and handled; while its XACK is on its way, the
+	// next scan claims it again (it has been idle longer than ClaimIdle),
+	// and the answer of that claim comes after the XACK's.
+	cfg.Consumer, cfg.Concurrency, cfg.ClaimIdle, cfg.ClaimInterval = "rescuer", 2, 50*time.Millisecond, 10*time.Millisecond
+	c := mustConsumer(t, &lateClient{Client: base, ackDelay: 100 * time.Millisecond, replyDelay: 300 * time.Millisecond}, cfg)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	err := runUntil(t, func(ctx context.Context) error {
+		return c.ClaimStale(ctx, func(_ context.Context, m safesync.Message[item]) error {
+			mu.Lock()
+			calls[m.ID]++
+			mu.Unlock()
+			return nil
+		})
+	}, func() bool {
+		mu.Lock()
+		handled := len(calls)
+		mu.Unlock()
+		if handled < n || len(safesynctest.Pending(t, base, "orders", "workers")) > 0 {
+			return false
+		}
+		time.Sleep(700 * time.Millisecond) // claims in flight come back
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, k := range calls {
+		if k != 1 {
+			t.Errorf("entry %s handled %d times, want once", id, k)
+		}
+	}
+}

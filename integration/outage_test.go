@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -306,6 +307,7 @@ func (w *outageWorkload) check(t *testing.T, once bool) (duplicates int) {
 			t.Errorf("good entry %s applied %d times with Once", id, n)
 		case n > 1:
 			duplicates += n - 1
+			t.Logf("entry %s applied %d times (at-least-once without Once)", id, n)
 		}
 	}
 	for id := range w.refused {
@@ -388,7 +390,7 @@ func (v outageVariant) start(t *testing.T, w *outageWorkload, db *sql.DB, rdb ru
 		Block: 100 * time.Millisecond, Count: 16, Concurrency: 4,
 		ClaimIdle: outageClaimIdle, ClaimInterval: 100 * time.Millisecond,
 		MaxDeliveries: outageMaxDeliveries, ShutdownGrace: 5 * time.Second,
-		Metrics: m, Readiness: r.readiness,
+		Metrics: m, Readiness: r.readiness, Logger: outageLogger(t),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	result := make(chan error, 1)
@@ -740,4 +742,20 @@ func TestOutageConfigurationErrorsStillFailAtOnce(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), missing) || time.Since(start) > 2*time.Second {
 		t.Fatalf("Run = %v after %v, want an error naming the missing table %s at once", err, time.Since(start).Round(time.Millisecond), missing)
 	}
+}
+
+// outageLogger returns a logger to the test's log when SAFESYNC_OUTAGE_LOG
+// is set, else nil (silent).
+func outageLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("SAFESYNC_OUTAGE_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
