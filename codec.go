@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"unicode/utf8"
 )
 
@@ -46,13 +47,54 @@ func (e *DecodeError) Is(target error) bool { return target == ErrDecode }
 //
 // It reads what Python's json.dumps writes, including \u escapes and
 // surrogate pairs. It rejects, with an error matching ErrDecode: a missing
-// data field, invalid UTF-8, JSON that is not an object (an array, a
+// data field, invalid UTF-8, a lone surrogate escape (json.dumps writes
+// "\ud800" for a str holding one; encoding/json would turn it into U+FFFD
+// and change the text silently), JSON that is not an object (an array, a
 // string, null…), trailing data, and the NaN, Infinity and -Infinity that
 // json.dumps emits by default, which are not JSON. Numbers too large for
 // T's fields are errors too, as in encoding/json.
-func JSON[T any]() Decoder[T] {
-	return decodeJSON[T]
+//
+// Object keys are matched to struct fields as encoding/json does: the
+// field's json tag name, else its Go name, exactly if a key matches exactly,
+// else ignoring case, so {"SEQ": 9} fills a field tagged json:"seq" and a
+// Python producer's "amount" fills an untagged field Amount. An object with
+// two keys for one field ({"seq": 1, "SEQ": 9}), where a Python consumer
+// reads one and encoding/json would keep the other, is rejected. With
+// ExactKeys, keys must match exactly. Keys of maps are data and are never
+// matched; nor are the insides of values whose type decodes itself
+// (json.Unmarshaler, such as time.Time and json.RawMessage).
+func JSON[T any](opts ...JSONOption) Decoder[T] {
+	var cfg jsonConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	keys := newKeyChecker(reflect.TypeFor[T](), cfg.exactKeys)
+	return func(fields map[string]string) (T, error) {
+		v, err := decodeJSON[T](fields)
+		if err != nil || keys == nil {
+			return v, err
+		}
+		if err := keys.check([]byte(fields[DataField]), reflect.TypeFor[T]()); err != nil {
+			var zero T
+			return zero, fmt.Errorf("%w: %w", ErrDecode, err)
+		}
+		return v, nil
+	}
 }
+
+// JSONOption configures JSON.
+type JSONOption func(*jsonConfig)
+
+type jsonConfig struct {
+	exactKeys bool
+}
+
+// ExactKeys makes JSON match object keys to struct fields exactly, as a
+// Python consumer's data["seq"] does: a key that names a field only when
+// case is ignored ({"SEQ": 9} for a field tagged json:"seq", or "amount"
+// for an untagged field Amount) makes the entry undecodable. Tag every
+// field with the producer's key when using it.
+func ExactKeys() JSONOption { return func(c *jsonConfig) { c.exactKeys = true } }
 
 func decodeJSON[T any](fields map[string]string) (T, error) {
 	var v T
@@ -70,7 +112,64 @@ func decodeJSON[T any](fields map[string]string) (T, error) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return v, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
+	if err := findLoneSurrogate(b); err != nil {
+		var zero T
+		return zero, fmt.Errorf("%w: %w", ErrDecode, err)
+	}
 	return v, nil
+}
+
+// findLoneSurrogate reports a \u escape of a UTF-16 surrogate (U+D800 to
+// U+DFFF) that is not half of a high-low pair, in b, which is valid JSON.
+func findLoneSurrogate(b []byte) error {
+	if !bytes.Contains(b, []byte(`\u`)) {
+		return nil
+	}
+	inString := false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString:
+			if b[i+1] != 'u' {
+				i++ // a one-character escape, \" and \\ among them
+				continue
+			}
+			r := hex4(b[i+2 : i+6])
+			switch {
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return fmt.Errorf("lone surrogate escape \\u%04x at byte %d (a low surrogate without a high one before it)", r, i)
+			case r >= 0xD800 && r <= 0xDBFF:
+				if i+12 > len(b) || b[i+6] != '\\' || b[i+7] != 'u' {
+					return fmt.Errorf("lone surrogate escape \\u%04x at byte %d (a high surrogate not followed by a low one)", r, i)
+				}
+				if low := hex4(b[i+8 : i+12]); low < 0xDC00 || low > 0xDFFF {
+					return fmt.Errorf("lone surrogate escape \\u%04x at byte %d (a high surrogate not followed by a low one)", r, i)
+				}
+				i += 11
+			default:
+				i += 5
+			}
+		}
+	}
+	return nil
+}
+
+// hex4 reads four hexadecimal digits, which valid JSON guarantees after \u.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			r |= rune(c-'A') + 10
+		}
+	}
+	return r
 }
 
 // isJSONObject reports whether b, past leading JSON whitespace, starts an

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/safesync-go/safesync"
@@ -151,4 +152,90 @@ func FuzzJSONCodec(f *testing.F) {
 			t.Fatalf("typed decode error %v does not match ErrDecode", err)
 		}
 	})
+}
+
+// Regression (issue 11, item 14): a lone surrogate escape, which Python's
+// json.dumps writes for a str holding one, was decoded into U+FFFD
+// silently, changing the text. It is a decode error, like invalid UTF-8:
+// the entry goes to the dead-letter stream with its fields unchanged.
+func TestJSONRejectsALoneSurrogateEscape(t *testing.T) {
+	for _, data := range []string{
+		`{"customer": "a\ud800b"}`,
+		`{"customer": "\udc00"}`,
+		`{"customer": "\ud83d"}`,
+		`{"customer": "\ud83d\u0041"}`,
+		`{"customer": "\ud83d\\ude00"}`,
+		`{"tags": ["ok", "\udfff"]}`,
+		`{"meta": {"\ud800": "key"}}`,
+	} {
+		_, err := safesync.JSON[payment]()(map[string]string{"data": data})
+		if !errors.Is(err, safesync.ErrDecode) || !strings.Contains(err.Error(), "surrogate") {
+			t.Errorf("%s: err = %v; want ErrDecode naming the lone surrogate", data, err)
+		}
+	}
+	for data, want := range map[string]string{
+		`{"customer": "\ud83d\ude00"}`: "😀",
+		`{"customer": "\\ud800"}`:      `\ud800`, // an escaped backslash, then text
+		`{"customer": "\u00e9\\"}`:     `é\`,
+	} {
+		got, err := safesync.JSON[payment]()(map[string]string{"data": data})
+		if err != nil || got.Customer != want {
+			t.Errorf("%s: %q, %v; want %q", data, got.Customer, err, want)
+		}
+	}
+}
+
+type sequenced struct {
+	Seq   int64 `json:"seq"`
+	Note  string
+	Inner struct {
+		Level int `json:"level"`
+	} `json:"inner"`
+}
+
+// Regression (issue 11, item 14): keys match struct fields as in
+// encoding/json, an exact match first, else ignoring case ({"SEQ": 9}
+// fills Seq, and a Python producer's "note" fills the untagged Note). What
+// was silently wrong: an object with two keys for one field ("seq" and
+// "SEQ"), of which Python reads one and encoding/json kept the other, is a
+// decode error. ExactKeys makes keys match exactly, as a Python consumer's
+// data["seq"] does.
+func TestJSONKeyMatching(t *testing.T) {
+	decode := func(data string, opts ...safesync.JSONOption) (sequenced, error) {
+		return safesync.JSON[sequenced](opts...)(map[string]string{"data": data})
+	}
+	if v, err := decode(`{"SEQ": 9, "note": "n", "inner": {"LEVEL": 2}}`); err != nil || v.Seq != 9 || v.Note != "n" || v.Inner.Level != 2 {
+		t.Fatalf("case-insensitive default: %+v, %v", v, err)
+	}
+	for _, data := range []string{
+		`{"seq": 1, "SEQ": 9}`,
+		`{"Seq": 9, "seq": 1}`,
+		`{"inner": {"level": 1, "Level": 2}}`,
+		`{"Note": "a", "note": "b"}`,
+		`{"s\u0065q": 1, "SEQ": 9}`,
+	} {
+		_, err := decode(data)
+		if !errors.Is(err, safesync.ErrDecode) || !strings.Contains(err.Error(), "both") {
+			t.Errorf("%s: err = %v; want ErrDecode: two keys for one field", data, err)
+		}
+	}
+	if v, err := decode(`{"seq": 1, "other": {"SEQ": 2, "seq": 3}}`); err != nil || v.Seq != 1 {
+		t.Errorf("keys inside a value no field takes are not matched: %+v, %v", v, err)
+	}
+	if v, err := decode(`{"seq": 1, "seq": 2}`); err != nil || v.Seq != 2 {
+		t.Errorf("a key repeated exactly: %+v, %v; want the last value, as Python's json.loads", v, err)
+	}
+
+	if v, err := decode(`{"seq": 9, "Note": "n", "inner": {"level": 2}, "other": {"SEQ": 1}}`, safesync.ExactKeys()); err != nil || v.Seq != 9 || v.Note != "n" || v.Inner.Level != 2 {
+		t.Fatalf("ExactKeys with exact keys: %+v, %v", v, err)
+	}
+	for _, data := range []string{`{"SEQ": 9}`, `{"note": "n"}`, `{"inner": {"Level": 2}}`} {
+		_, err := decode(data, safesync.ExactKeys())
+		if !errors.Is(err, safesync.ErrDecode) || !strings.Contains(err.Error(), "case") {
+			t.Errorf("ExactKeys, %s: err = %v; want ErrDecode: the key matches a field only when case is ignored", data, err)
+		}
+	}
+	if m, err := safesync.JSON[map[string]int](safesync.ExactKeys())(map[string]string{"data": `{"a": 1, "A": 2}`}); err != nil || len(m) != 2 {
+		t.Errorf("map keys are data, never matched: %v, %v", m, err)
+	}
 }

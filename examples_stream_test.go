@@ -20,23 +20,19 @@ type Order struct {
 	Amount int `json:"amount"`
 }
 
-// embeddedRedis starts an in-process Redis and returns a client on it and
-// a function that closes both.
-func embeddedRedis() (rueidis.Client, func()) {
-	srv, err := safesynctest.StartRedis()
-	if err != nil {
-		log.Fatal(err)
-	}
-	client, err := srv.Client()
-	if err != nil {
-		log.Fatal(err)
-	}
-	return client, func() { client.Close(); srv.Close() }
-}
-
 func ExampleConsumer_Run() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -77,8 +73,18 @@ func ExampleConsumer_Run() {
 }
 
 func ExampleConsumer_Messages() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -108,8 +114,18 @@ func ExampleConsumer_Messages() {
 }
 
 func ExampleConsumer_RunBatch() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -145,8 +161,18 @@ func ExampleConsumer_RunBatch() {
 }
 
 func ExamplePermanent() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -187,8 +213,18 @@ func ExamplePermanent() {
 }
 
 func ExampleConsumer_ClaimStale() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -220,8 +256,18 @@ func ExampleConsumer_ClaimStale() {
 }
 
 func ExampleOrderBy() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

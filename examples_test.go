@@ -194,6 +194,68 @@ func ExampleRetry() {
 	fmt.Println(acct.Balance, acct.Version, err, "attempts:", attempts)
 }
 
+// RunTx runs a transaction that produces no value and returns only its
+// error.
+func ExampleRunTx() {
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	err = safesync.RunTx(context.Background(), db, func(ctx context.Context, tx *safesync.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance - 30 WHERE id = ?", 1); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = balance + 30 WHERE id = ?", 2)
+		return err
+	}, safesync.Label("transfer"))
+	fmt.Println(err)
+}
+
+// LockRow is the row lock for a callback that returns only an error; RunTx
+// runs it, and NoResult makes it a TxFunc for WithTx, Retry and the other
+// locks.
+func ExampleLockRow() {
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+
+	withdraw := safesync.LockRow("accounts", safesync.Key{"id": 1},
+		func(ctx context.Context, tx *safesync.Tx, acct Account) error {
+			if acct.Balance < 60 {
+				return errors.New("insufficient funds")
+			}
+			_, err := tx.ExecContext(ctx, "UPDATE accounts SET balance = ? WHERE id = ?", acct.Balance-60, acct.ID)
+			return err
+		})
+	fmt.Println(safesync.RunTx(ctx, db, withdraw))
+
+	// Retried as a whole transaction, under an advisory lock.
+	policy := safesync.Backoff(10*time.Millisecond, 20)
+	_, err = safesync.Retry(policy, safesync.WithTx(db,
+		safesync.WithAdvisoryLock("user:1", 5*time.Second, safesync.NoResult(withdraw))))(ctx)
+	fmt.Println(err)
+}
+
+// OCCRow is OCC on the row with a key, its row type inferred from mutate.
+func ExampleOCCRow() {
+	db, err := sql.Open("mysql", "app:secret@tcp(127.0.0.1:3306)/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	addFive := func(a Account) (Account, error) { a.Balance += 5; return a, nil }
+	policy := safesync.Backoff(10*time.Millisecond, 20)
+	acct, err := safesync.Retry(policy, safesync.WithTx(db,
+		safesync.OCCRow("accounts", safesync.Key{"id": 1}, "version", addFive)))(context.Background())
+	fmt.Println(acct.Balance, acct.Version, err)
+}
+
 // InsertIdempotent reports a duplicate key as (false, nil) and every other
 // failure as an error.
 func ExampleInsertIdempotent() {

@@ -106,11 +106,21 @@ func FuzzRowLockQuery(f *testing.F) {
 	f.Fuzz(func(t *testing.T, table, colA, colB, valA, valB string, pick uint8) {
 		suffix := []string{"", " NOWAIT", " SKIP LOCKED"}[pick%3]
 		key := Key{colA: valA, colB: valB}
-		query, args, err := rowLockQuery(table, key, suffix)
+		columns, err := selectList(reflect.TypeFor[struct {
+			ID     int64 `db:"id"`
+			Amount int64
+		}](), "WithRowLock")
+		if err != nil || columns != "`id`, `Amount`" {
+			t.Fatalf("select list = %q, %v", columns, err)
+		}
+		query, args, err := rowLockQuery(columns, table, key, suffix)
 		if err != nil {
 			return
 		}
-		checkSQL(t, query, args, "SELECT", "*", "FROM", "WHERE", "AND", "FOR", "UPDATE", "NOWAIT", "SKIP", "LOCKED")
+		checkSQL(t, query, args, "SELECT", "FROM", "WHERE", "AND", "FOR", "UPDATE", "NOWAIT", "SKIP", "LOCKED")
+		if !strings.HasPrefix(query, "SELECT `id`, `Amount` FROM ") {
+			t.Fatalf("query %q does not select exactly the row type's columns", query)
+		}
 		cols := []string{colA, colB}
 		if colA == colB {
 			cols = cols[:1]

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/go-sql-driver/mysql"
@@ -104,15 +106,22 @@ func NoWait() RowLockOption { return func(c *rowLockConfig) { c.suffix = " NOWAI
 func SkipLocked() RowLockOption { return func(c *rowLockConfig) { c.suffix = " SKIP LOCKED" } }
 
 // WithRowLock returns a TxFunc that locks one row with
-// SELECT * FROM table WHERE key… FOR UPDATE, scans it into a T (see Get for
-// the mapping) and calls fn with it. The lock is held until the enclosing
-// transaction ends. A missing row is ErrNotFound and fn is not called.
+// SELECT <T's columns> FROM table WHERE key… FOR UPDATE, scans it into a T
+// (see Get for the mapping) and calls fn with it. The lock is held until the
+// enclosing transaction ends. A missing row is ErrNotFound and fn is not
+// called.
+//
+// T is a struct (or pointer to struct): the statement selects exactly the
+// columns T maps (db tag, else field name), quoted, never *, so a column
+// added to the table by a migration does not disturb a running worker;
+// every exported field must be a column of the table or be tagged
+// `db:"-"`. T may also be map[string]any, which selects every column (*)
+// and takes whatever the row has. Any other T is an error.
 //
 // The table and key columns are validated and quoted and the key values
-// bound; an empty key or a bad identifier is an error returned before any
-// SQL runs. fn receives the ctx and tx the TxFunc was called with. T can
-// usually be inferred from fn; write WithRowLock[Order] when it cannot.
-// WithRowLock panics if fn is nil.
+// bound; an empty key, a bad identifier or a T with no columns is an error
+// returned before any SQL runs. fn receives the ctx and tx the TxFunc was
+// called with. T is inferred from fn. WithRowLock panics if fn is nil.
 func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, tx *Tx, row T) (R, error), opts ...RowLockOption) TxFunc[R] {
 	if fn == nil {
 		panic("safesync: WithRowLock with nil fn")
@@ -121,7 +130,13 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 	for _, o := range opts {
 		o(&cfg)
 	}
-	query, args, err := rowLockQuery(table, key, cfg.suffix)
+	rowType := reflect.TypeFor[T]()
+	columns, err := selectList(rowType, "WithRowLock")
+	var query string
+	var args []any
+	if err == nil {
+		query, args, err = rowLockQuery(columns, table, key, cfg.suffix)
+	}
 	existsQuery, _, _ := keyedQuery("SELECT COUNT(*)", table, key, "")
 	return func(ctx context.Context, tx *Tx) (R, error) {
 		var zero R
@@ -152,9 +167,32 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 			}
 			return zero, lerr
 		default:
-			return zero, lerr
+			return zero, explainUnknownColumn(lerr, "WithRowLock", rowType)
 		}
 		return fn(ctx, tx, row)
+	}
+}
+
+// LockRow is WithRowLock for a callback that returns only an error: it
+// locks the row with key in table (SELECT <T's columns> … FOR UPDATE),
+// scans it into a T and calls fn with it, and its result runs in RunTx, or
+// in WithTx and the other combinators through NoResult:
+//
+//	err := RunTx(ctx, db, LockRow("orders", Key{"id": id}, func(ctx context.Context, tx *Tx, o Order) error { … }))
+//
+// Everything WithRowLock says holds (columns, ErrNotFound, NoWait,
+// SkipLocked, errors before any SQL). T is inferred from fn. LockRow panics
+// if fn is nil.
+func LockRow[T any](table string, key Key, fn func(ctx context.Context, tx *Tx, row T) error, opts ...RowLockOption) func(ctx context.Context, tx *Tx) error {
+	if fn == nil {
+		panic("safesync: LockRow with nil fn")
+	}
+	locked := WithRowLock(table, key, func(ctx context.Context, tx *Tx, row T) (struct{}, error) {
+		return struct{}{}, fn(ctx, tx, row)
+	}, opts...)
+	return func(ctx context.Context, tx *Tx) error {
+		_, err := locked(ctx, tx)
+		return err
 	}
 }
 
@@ -172,9 +210,10 @@ func keyedQuery(head, table string, key Key, tail string) (string, []any, error)
 	return head + " FROM " + quotedTable + " WHERE " + where + tail, args, nil
 }
 
-// rowLockQuery builds the locking read of WithRowLock.
-func rowLockQuery(table string, key Key, suffix string) (string, []any, error) {
-	return keyedQuery("SELECT *", table, key, " FOR UPDATE"+suffix)
+// rowLockQuery builds the locking read of WithRowLock; columns is the
+// select list from selectList.
+func rowLockQuery(columns, table string, key Key, suffix string) (string, []any, error) {
+	return keyedQuery("SELECT "+columns, table, key, " FOR UPDATE"+suffix)
 }
 
 // isLockWaitError reports a lock wait timeout (1205) or a NOWAIT refusal
@@ -184,9 +223,52 @@ func isLockWaitError(err error) bool {
 	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
 }
 
-// MaxLockNameLength is the longest advisory lock name accepted, MySQL's
-// limit (MariaDB accepts longer names; refusing them keeps code portable).
+// MaxLockNameLength is the longest advisory lock name accepted, in
+// characters: MySQL's limit (MariaDB's is 192 bytes; names of at most 64
+// characters of the Basic Multilingual Plane fit both).
 const MaxLockNameLength = 64
+
+// ErrInvalidLockName is matched by the error for an advisory lock name that
+// ValidateLockName refuses.
+var ErrInvalidLockName = errors.New("safesync: invalid advisory lock name")
+
+// ValidateLockName reports whether name can be an advisory lock name that
+// means the same lock on MySQL 8 and MariaDB 10.6+, and no other name's
+// lock on either. It refuses, with an error matching ErrInvalidLockName,
+// names the server would alter:
+//
+//   - a NUL byte: MariaDB cuts the name there, so "p\x00a", "p\x00b" and
+//     "p" would be one lock;
+//   - an upper-case letter: MySQL folds names to lower case, so "Job" and
+//     "job" would be one lock on MySQL and two on MariaDB (use lower case);
+//   - invalid UTF-8, or a character outside the Basic Multilingual Plane
+//     (U+10000 and above, emoji among them): MySQL converts names to
+//     utf8mb3 and refuses these, where MariaDB keeps them;
+//
+// and an empty name or one longer than MaxLockNameLength characters.
+// Anything else (spaces, punctuation, accented lower-case letters) is kept
+// as it is by both servers. WithAdvisoryLock calls it before any SQL.
+func ValidateLockName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: advisory lock name is empty", ErrInvalidLockName)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w %q: not valid UTF-8 (MySQL refuses it, MariaDB keeps the raw bytes)", ErrInvalidLockName, name)
+	case utf8.RuneCountInString(name) > MaxLockNameLength:
+		return fmt.Errorf("%w %q: longer than %d characters", ErrInvalidLockName, name, MaxLockNameLength)
+	}
+	for i, r := range name {
+		switch {
+		case r == 0:
+			return fmt.Errorf("%w %q: NUL byte at byte %d (MariaDB cuts the name there, so it would share a lock with every name of the same prefix)", ErrInvalidLockName, name, i)
+		case r > 0xFFFF:
+			return fmt.Errorf("%w %q: character %U at byte %d is outside the Basic Multilingual Plane (MySQL stores lock names in utf8mb3 and refuses it)", ErrInvalidLockName, name, r, i)
+		case unicode.ToLower(r) != r:
+			return fmt.Errorf("%w %q: upper-case letter %q at byte %d (MySQL folds lock names to lower case, MariaDB does not; use lower case)", ErrInvalidLockName, name, r, i)
+		}
+	}
+	return nil
+}
 
 // DefaultLockCheckInterval is how often a held advisory lock is checked
 // for loss while fn runs.
@@ -200,21 +282,27 @@ type advisoryConfig struct {
 }
 
 // LockCheckInterval sets how often the lock is checked while fn runs
-// (DefaultLockCheckInterval when not given). Each check is one short query
-// on another pooled connection; fns shorter than the interval cause none.
-// (The confirmation after fn returns, on the transaction's own connection,
-// is separate and always runs; see WithAdvisoryLock.)
+// (DefaultLockCheckInterval when not given); fns shorter than the interval
+// cause no check. Each check is one short query (SELECT IS_USED_LOCK) on
+// another connection of the transaction's pool, taken only when the pool
+// has an idle connection or room to open one: the check never waits for a
+// connection, and a locked transaction costs the same whether the pool is
+// full or not. When the pool is exhausted (every connection busy, as when
+// there are as many lock holders as connections) the check is skipped, and
+// a lost lock is then found by fn's next statement on its dead connection
+// or, at the latest, by the confirmation after fn returns, which runs on
+// the transaction's own connection before COMMIT whatever the pool holds;
+// what is missed is only the early cancellation of fn's ctx while fn runs
+// no statement. See WithAdvisoryLock.
 func LockCheckInterval(d time.Duration) AdvisoryLockOption {
 	return func(c *advisoryConfig) { c.checkInterval = d }
 }
 
 func validateLockName(name string, timeout time.Duration) error {
-	switch {
-	case name == "":
-		return errors.New("safesync: advisory lock name is empty")
-	case utf8.RuneCountInString(name) > MaxLockNameLength:
-		return fmt.Errorf("safesync: advisory lock name %q is longer than %d characters", name, MaxLockNameLength)
-	case timeout < 0:
+	if err := ValidateLockName(name); err != nil {
+		return err
+	}
+	if timeout < 0 {
 		return fmt.Errorf("safesync: advisory lock %q: negative timeout %v", name, timeout)
 	}
 	return nil
@@ -228,14 +316,16 @@ func validateLockName(name string, timeout time.Duration) error {
 // connection is closed, which frees the lock on the server.
 //
 // A timeout is a *LockTimeoutError (errors.Is(err, ErrLockTimeout)); a NULL
-// answer is ErrLockFailed. A name over MaxLockNameLength characters, an
-// empty name or a negative timeout is an error before any SQL runs.
+// answer is ErrLockFailed. A name ValidateLockName refuses (one the server
+// would cut or fold, an empty one, one over MaxLockNameLength characters)
+// or a negative timeout is an error before any SQL runs.
 //
 // fn receives a ctx derived from the TxFunc's that is cancelled when the
 // lock is lost (its connection dies, or IS_USED_LOCK(name) no longer names
-// this connection), checked every LockCheckInterval; the TxFunc then
-// returns ErrLockLost (joined with fn's error) and the transaction rolls
-// back.
+// this connection), checked every LockCheckInterval on another pooled
+// connection when one is idle (never waiting for one; see
+// LockCheckInterval); the TxFunc then returns ErrLockLost (joined with fn's
+// error) and the transaction rolls back.
 //
 // When fn returns nil, the TxFunc confirms that the lock is still held
 // with one more round trip on the transaction's own connection
@@ -371,9 +461,13 @@ func releaseAdvisoryLock(ctx context.Context, conn *sql.Conn, m *Metrics, name s
 
 // watchAdvisoryLock checks every interval, on another pooled connection,
 // that connID still holds the lock, and cancels with ErrLockLost when it
-// does not. stop ends the watch and waits for it.
+// does not. It never waits for a pooled connection: a check runs only when
+// the pool has an idle connection or room to open one, and is skipped
+// otherwise (see LockCheckInterval). stop cancels a check in progress
+// (waiting for a connection or running its query), waits for the watch to
+// end, which is then immediate, and no check starts after it.
 func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, interval time.Duration, cancel context.CancelCauseFunc) (stop func()) {
-	done := make(chan struct{})
+	watchCtx, endWatch := context.WithCancel(ctx)
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
@@ -381,17 +475,19 @@ func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, i
 		defer ticker.Stop()
 		for {
 			select {
-			case <-done:
-				return
-			case <-ctx.Done():
+			case <-watchCtx.Done():
 				return
 			case <-ticker.C:
 			}
-			checkCtx, cancelCheck := context.WithTimeout(ctx, interval+time.Second)
-			lost, err := lockNotHeld(checkCtx, tx.db, name, connID)
-			cancelCheck()
+			if watchCtx.Err() != nil {
+				return // stop and the tick came together: no new check
+			}
+			lost, err := checkLockFromPool(watchCtx, tx.db, name, connID, interval)
 			if err != nil {
-				continue // cannot tell; the transaction's own statements will fail if the server is gone
+				// No idle connection, or the check failed: cannot tell. The
+				// transaction's own statements fail if its connection died,
+				// and the confirmation before COMMIT runs regardless.
+				continue
 			}
 			if lost != nil {
 				tx.metrics.countLockLost(strategyAdvisory)
@@ -401,7 +497,29 @@ func watchAdvisoryLock(ctx context.Context, tx *Tx, name string, connID int64, i
 		}
 	}()
 	return func() {
-		close(done)
+		endWatch()
 		<-finished
 	}
+}
+
+// errNoIdleConn is checkLockFromPool's answer when the pool is exhausted.
+var errNoIdleConn = errors.New("safesync: no idle pooled connection for the lock check")
+
+// checkLockFromPool runs lockNotHeld on a connection of db other than the
+// transaction's, without queueing for one: when every connection the pool
+// may open is in use it returns errNoIdleConn at once. Acquiring a
+// connection (which may dial a new one) and the query are bounded by
+// interval and by ctx, which stop cancels.
+func checkLockFromPool(ctx context.Context, db *sql.DB, name string, connID int64, interval time.Duration) (lost, err error) {
+	if st := db.Stats(); st.MaxOpenConnections > 0 && st.Idle == 0 && st.OpenConnections >= st.MaxOpenConnections {
+		return nil, errNoIdleConn
+	}
+	checkCtx, cancelCheck := context.WithTimeout(ctx, interval)
+	defer cancelCheck()
+	conn, err := db.Conn(checkCtx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return lockNotHeld(checkCtx, conn, name, connID)
 }

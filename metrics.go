@@ -50,6 +50,12 @@ type MetricsOptions struct {
 // exist is labelled "other". The stream, group, strategy, reason and
 // transaction label values come from configuration and code, not from data.
 //
+// Every histogram has the original framework's buckets (prometheus_client's
+// defaults, .005 to 10 s) and four finer ones below them. Write counts and
+// latencies are per statement, each with its own status and duration (the
+// original's were per session); read latency excludes time blocked waiting
+// for entries. README's Metrics section compares them in full.
+//
 // Partitioned streams (see Partitions) are recorded twice: every queue
 // metric carries the partition's own key as its stream label, exactly as
 // for a stream of its own, and three partition_* metrics carry the logical
@@ -90,8 +96,11 @@ type Metrics struct {
 	seen      map[string]bool
 }
 
-// latencyBuckets spans a fast loopback statement to a slow lock wait.
-var latencyBuckets = []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+// latencyBuckets are every bucket of the original framework's histograms
+// (prometheus_client's defaults: .005 to 10 s, 14 buckets), so that its
+// dashboards and alerts, which select buckets by le, keep working, plus
+// four finer ones below 5 ms, where a statement on a nearby server lands.
+var latencyBuckets = []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, .75, 1, 2.5, 5, 7.5, 10}
 
 var defaultMetrics = sync.OnceValue(func() *Metrics {
 	m, err := NewMetrics(MetricsOptions{})

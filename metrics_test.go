@@ -110,3 +110,49 @@ func TestCommitErrorsAreClassifiedByWhatTheServerCanHaveDone(t *testing.T) {
 		t.Fatal("nil commit error classified as a failure")
 	}
 }
+
+// pythonDefaultBuckets are prometheus_client's default histogram buckets,
+// which the original framework's histograms used.
+var pythonDefaultBuckets = []float64{.005, .01, .025, .05, .075, .1, .25, .5, .75, 1, 2.5, 5, 7.5, 10}
+
+// Regression (issue 11, item 12): the original's dashboards and alerts
+// select buckets by le, and 0.075, 0.75 and 7.5 were missing. Every
+// histogram has every bucket of the original (plus finer ones below 5 ms).
+func TestEveryHistogramHasEveryBucketOfTheOriginal(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(MetricsOptions{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.observeStatement("UPDATE t SET a = 1", time.Millisecond, nil)
+	m.observeTx("x", outcomeCommit, time.Millisecond)
+	m.observeLockAcquire(strategyRow, time.Millisecond)
+	m.readLatency.WithLabelValues("s").Observe(0.001)
+	m.handlerLatency.WithLabelValues("s").Observe(0.001)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	histograms := 0
+	for _, f := range families {
+		for _, metric := range f.GetMetric() {
+			h := metric.GetHistogram()
+			if h == nil {
+				continue
+			}
+			histograms++
+			have := map[float64]bool{}
+			for _, b := range h.GetBucket() {
+				have[b.GetUpperBound()] = true
+			}
+			for _, le := range pythonDefaultBuckets {
+				if !have[le] {
+					t.Errorf("%s has no bucket le=%v", f.GetName(), le)
+				}
+			}
+		}
+	}
+	if histograms != 5 {
+		t.Fatalf("checked %d histograms, want 5", histograms)
+	}
+}

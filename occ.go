@@ -132,16 +132,27 @@ type Versioned[T any] struct {
 }
 
 // ReadVersioned returns a TxFunc that reads the row with key from table
-// (SELECT *, no lock) into a T and takes its version from T's field mapped
-// to versionColumn (empty means DefaultVersionColumn), which must be an
-// integer. T is a struct mapped as in Get. A missing row is ErrNotFound.
+// (no lock) into a T and takes its version from T's field mapped to
+// versionColumn (empty means DefaultVersionColumn), which must be an
+// integer. T is a struct (or pointer to struct) mapped as in Get; the read
+// selects exactly the columns T maps, quoted, never *, so a column added to
+// the table does not disturb a running worker (every exported field must be
+// a column or be tagged `db:"-"`). A missing row is ErrNotFound. A T that
+// is not a struct, has no field for the version column, or a bad
+// identifier is an error before any SQL runs.
 func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Versioned[T]] {
 	if versionColumn == "" {
 		versionColumn = DefaultVersionColumn
 	}
-	query, args, err := keyedQuery("SELECT *", table, key, "")
+	rowType := reflect.TypeFor[T]()
+	err := versionFieldOf(rowType, versionColumn)
+	var columns, query string
+	var args []any
 	if err == nil {
-		err = ValidateIdentifier(versionColumn)
+		columns, err = selectList(rowType, "ReadVersioned")
+	}
+	if err == nil {
+		query, args, err = keyedQuery("SELECT "+columns, table, key, "")
 	}
 	return func(ctx context.Context, tx *Tx) (Versioned[T], error) {
 		out := Versioned[T]{Table: table, Key: key, VersionColumn: versionColumn}
@@ -153,7 +164,7 @@ func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Ve
 			return out, fmt.Errorf("%w: %s %v", ErrNotFound, table, key)
 		}
 		if err != nil {
-			return out, err
+			return out, explainUnknownColumn(err, "ReadVersioned", rowType)
 		}
 		version, err := versionOf(v, versionColumn)
 		if err != nil {
@@ -162,6 +173,31 @@ func ReadVersioned[T any](table string, key Key, versionColumn string) TxFunc[Ve
 		out.Version, out.Value = version, v
 		return out, nil
 	}
+}
+
+// versionFieldOf checks, before any SQL, that typ is a struct (or pointer
+// to one) with an integer field mapped to the version column.
+func versionFieldOf(typ reflect.Type, column string) error {
+	if err := ValidateIdentifier(column); err != nil {
+		return err
+	}
+	switch rowKindOf(typ) {
+	case rowStructPtr:
+		typ = typ.Elem()
+	case rowStruct:
+	default:
+		return fmt.Errorf("safesync: ReadVersioned needs a struct row, not %v", typ)
+	}
+	f, ok := structFieldsOf(typ).lookup(column)
+	if !ok {
+		return fmt.Errorf("safesync: ReadVersioned: %v has no field for version column %q", typ, column)
+	}
+	switch typ.FieldByIndex(f.index).Type.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return nil
+	}
+	return fmt.Errorf("safesync: ReadVersioned: version field %s of %v is %v, want an integer", f.name, typ, typ.FieldByIndex(f.index).Type)
 }
 
 // versionOf reads the integer field of v mapped to column.
@@ -207,6 +243,9 @@ func structValue(v reflect.Value) (reflect.Value, error) {
 //
 //	Retry(policy, WithTx(db, OCC(ReadVersioned[Account]("accounts", Key{"id": 1}, ""), addFive)))
 //
+// OCCRow("accounts", Key{"id": 1}, "", addFive) is the same, with Account
+// inferred from addFive.
+//
 // mutate must be a pure function of its argument: it may run once per
 // attempt. It must not change key columns or the version column. OCC
 // returns the new row with its version field advanced. T is a struct
@@ -239,6 +278,20 @@ func OCC[T any](read TxFunc[Versioned[T]], mutate func(current T) (T, error)) Tx
 		setVersion(&next, vcol, cur.Version+1)
 		return next, nil
 	}
+}
+
+// OCCRow is OCC(ReadVersioned[T](table, key, versionColumn), mutate) with T
+// inferred from mutate: one optimistic update of the row with key, without
+// writing the row type twice.
+//
+//	Retry(policy, WithTx(db, OCCRow("accounts", Key{"id": 1}, "version", addFive)))
+//
+// (ReadVersioned alone cannot infer T, which appears only in its result:
+// ReadVersioned("accounts", key, "version") is the compile error "cannot
+// infer T".) Everything OCC and ReadVersioned say holds. OCCRow panics if
+// mutate is nil.
+func OCCRow[T any](table string, key Key, versionColumn string, mutate func(current T) (T, error)) TxFunc[T] {
+	return OCC(ReadVersioned[T](table, key, versionColumn), mutate)
 }
 
 // changedColumns compares two rows field by field and returns the columns

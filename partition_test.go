@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/redis/rueidis"
+
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
 )
@@ -142,8 +144,18 @@ func TestNewPartitionedConsumerChecksItsConfig(t *testing.T) {
 }
 
 func ExamplePartitions() {
-	client, stop := embeddedRedis()
-	defer stop()
+	// An in-process Redis stands in for yours; the client is made as for a
+	// real server (client-side caching off: the embedded server lacks it).
+	redis, err := safesynctest.StartRedis()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer redis.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -82,7 +82,7 @@ func TestRetryWaitEndsWhenCtxEnds(t *testing.T) {
 	f, calls := failing(&safesync.ConflictError{}, &safesync.ConflictError{})
 	time.AfterFunc(20*time.Millisecond, cancel)
 	start := time.Now()
-	_, err := safesync.Retry(safesync.Constant(time.Hour).WithMetrics(nil), f)(ctx)
+	_, err := safesync.Retry(safesync.Constant(time.Hour).WithMaxElapsed(0).WithMetrics(nil), f)(ctx)
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, safesync.ErrConflict) || *calls != 1 {
 		t.Fatalf("err = %v after %d calls; want context.Canceled joined with the conflict, 1 call", err, *calls)
 	}
@@ -150,6 +150,7 @@ func TestDefaultClassifier(t *testing.T) {
 		{"a lock wait timeout is retried", &mysql.MySQLError{Number: 1205}, "lock_wait", true},
 		{"a NOWAIT refusal (MySQL) is retried", &mysql.MySQLError{Number: 3572}, "lock_wait", true},
 		{"a held row is retried", safesync.ErrRowLocked, "lock_wait", true},
+		{"an advisory lock timeout is retried", fmt.Errorf("job: %w", &safesync.LockTimeoutError{Name: "job", Timeout: time.Second}), "lock_wait", true},
 		{"a lost lock before commit is retried", safesync.ErrLockLost, "lock_lost", true},
 		{"a statement never sent is retried", driver.ErrBadConn, "connection", true},
 		{"a failed dial is retried", fmt.Errorf("safesync: acquire connection: %w", dialErr), "connection", true},
@@ -192,5 +193,65 @@ func TestRetryRefusesMisuseAtConstruction(t *testing.T) {
 			}()
 			build()
 		})
+	}
+}
+
+// Regression (issue 11, item 6): a policy built from configuration values
+// (an attempt count of 0, a negative time budget) panicked the process in
+// Retry. Validate returns the problem as an error, naming the setting, so
+// a program can refuse its configuration instead; Retry still panics on a
+// policy that was never validated, as on any programmer error.
+func TestRetryPolicyValidateReportsConfigurationErrorsWithoutPanicking(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy safesync.RetryPolicy
+		says   string
+	}{
+		{"zero attempts", safesync.Backoff(time.Millisecond, 0), "WithMaxAttempts"},
+		{"negative attempts", safesync.Constant(time.Millisecond).WithMaxAttempts(-3), "max attempts -3"},
+		{"negative max elapsed", safesync.Constant(time.Millisecond).WithMaxElapsed(-time.Second), "WithMaxElapsed"},
+		{"negative interval", safesync.Constant(-time.Millisecond), "interval"},
+		{"exponential with max below initial", safesync.Exponential(time.Second, time.Millisecond), "max"},
+		{"the zero policy", safesync.RetryPolicy{}, "no backoff"},
+		{"a nil classifier", safesync.Constant(0).WithClassifier(nil), "classifier"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.policy.Validate()
+			if !errors.Is(err, safesync.ErrInvalidRetryPolicy) || !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("Validate() = %v; want ErrInvalidRetryPolicy naming %q", err, tt.says)
+			}
+		})
+	}
+	for _, ok := range []safesync.RetryPolicy{safesync.Constant(0), safesync.Backoff(time.Millisecond, 1), safesync.Exponential(time.Millisecond, time.Second).WithMaxElapsed(time.Minute)} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate() = %v on a valid policy", err)
+		}
+	}
+}
+
+// Regression (issue 11, item 11): with six workers on one row, the default
+// budget of 10 attempts ran out. BenchmarkRetryUnderContention
+// (integration/) measured up to 29 attempts and 3.6 s for one operation
+// with 6 and 12 workers; the defaults allow 100 attempts within 30 s.
+func TestDefaultRetryBudgetCoversContendedOperations(t *testing.T) {
+	if safesync.DefaultMaxAttempts != 100 || safesync.DefaultMaxElapsed != 30*time.Second {
+		t.Fatalf("defaults = %d attempts, %v; want 100, 30s", safesync.DefaultMaxAttempts, safesync.DefaultMaxElapsed)
+	}
+	conflicts := make([]error, 40)
+	for i := range conflicts {
+		conflicts[i] = &safesync.ConflictError{Table: "t"}
+	}
+	f, calls := failing(conflicts...)
+	if got, err := safesync.Retry(safesync.Constant(0).WithMetrics(nil), f)(context.Background()); err != nil || got != "ok" || *calls != 41 {
+		t.Fatalf("Retry = %q, %v after %d calls; want ok after 41 attempts within the default budget", got, err, *calls)
+	}
+
+	// The time budget: a wait that would end past 30 s is not started.
+	f, calls = failing(&safesync.ConflictError{Table: "t"})
+	start := time.Now()
+	_, err := safesync.Retry(safesync.Constant(31*time.Second).WithMetrics(nil), f)(context.Background())
+	if !errors.Is(err, safesync.ErrRetriesExhausted) || *calls != 1 || time.Since(start) > 5*time.Second {
+		t.Fatalf("err = %v after %d calls and %v; want exhausted at once: the wait would overrun 30 s", err, *calls, time.Since(start))
 	}
 }

@@ -43,6 +43,12 @@ type Querier interface {
 //   - anything else (int64, string, time.Time, sql.NullString, *int, a
 //     sql.Scanner…): the query must return exactly one column.
 //
+// Get is strict on purpose: a result column with no destination is an
+// error (ErrUnmappedColumn), so a typo or a misremembered column shows at
+// once. Name the columns in your own SQL rather than writing SELECT *, or a
+// migration that adds a column breaks the read; the combinators that
+// generate SQL (WithRowLock, ReadVersioned) select T's columns by name.
+//
 // ctx governs the query; the rows are closed before Get returns.
 func Get[T any](ctx context.Context, q Querier, query string, args ...any) (T, error) {
 	var zero T
@@ -182,6 +188,47 @@ func rowScannerFor[T any](rows *sql.Rows) (func(*sql.Rows) (T, error), error) {
 			return out, nil
 		}, nil
 	}
+}
+
+// selectList returns the select list of a read that a combinator (who)
+// generates into a T: the columns T maps, quoted, in declaration order, for
+// a struct or pointer to struct, so that a column added to the table never
+// breaks it; "*" for map[string]any, which takes whatever columns the row
+// has. Any other T, a struct that maps no column, or a column name that is
+// not a valid identifier is an error.
+func selectList(typ reflect.Type, who string) (string, error) {
+	switch kind := rowKindOf(typ); kind {
+	case rowMap:
+		return "*", nil
+	case rowStruct, rowStructPtr:
+		if kind == rowStructPtr {
+			typ = typ.Elem()
+		}
+		fields := structFieldsOf(typ).all
+		if len(fields) == 0 {
+			return "", fmt.Errorf("safesync: %s: %v maps no columns (no exported fields that are not db:\"-\")", who, typ)
+		}
+		cols := make([]string, len(fields))
+		for i, f := range fields {
+			q, err := QuoteIdentifier(f.column)
+			if err != nil {
+				return "", fmt.Errorf("safesync: %s: field %s of %v: %w", who, f.name, typ, err)
+			}
+			cols[i] = q
+		}
+		return strings.Join(cols, ", "), nil
+	}
+	return "", fmt.Errorf("safesync: %s reads a whole row; %v is neither a struct nor map[string]any (read a single column with Get)", who, typ)
+}
+
+// explainUnknownColumn adds, to the server's error for a column T maps that
+// the table lacks (MySQL error 1054), which row type asked for it and how
+// to say a field is no column.
+func explainUnknownColumn(err error, who string, typ reflect.Type) error {
+	if mysqlErrorNumber(err) != 1054 {
+		return err
+	}
+	return fmt.Errorf("safesync: %s selects the columns %v maps, and the table lacks one; tag fields that are not columns `db:\"-\"`: %w", who, typ, err)
 }
 
 type rowKind int

@@ -30,6 +30,18 @@ func NoResult(fn func(ctx context.Context, tx *Tx) error) TxFunc[struct{}] {
 	return func(ctx context.Context, tx *Tx) (struct{}, error) { return struct{}{}, fn(ctx, tx) }
 }
 
+// RunTx runs fn in a transaction now and returns only its error: it is
+// WithTx(db, NoResult(fn), opts...)(ctx) for the many transactions that
+// produce no value. Everything WithTx says holds: COMMIT when fn returns
+// nil, ROLLBACK when it returns an error, panics or ctx ends; ctx governs
+// the whole transaction and fn receives a ctx derived from it. To retry it,
+// build the Func instead: Retry(policy, WithTx(db, NoResult(fn))). RunTx
+// panics if db or fn is nil.
+func RunTx(ctx context.Context, db *sql.DB, fn func(ctx context.Context, tx *Tx) error, opts ...TxOption) error {
+	_, err := WithTx(db, NoResult(fn), opts...)(ctx)
+	return err
+}
+
 var (
 	// ErrNestedTx is returned by a Func built with WithTx when it is called
 	// with a ctx that belongs to a running transaction, unless the

@@ -26,11 +26,14 @@ func TestClusterHarnessHasThreeMastersWithReplicas(t *testing.T) {
 		t.Fatalf("%d masters (%v), want 3", len(masters), masters)
 	}
 	rc := clusterClient(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	seen := map[int]bool{}
 	for i := range 30 {
 		key := "harness:{" + strconv.Itoa(i) + "}"
+		// Each command has its own generous deadline: one shared by the 30
+		// keys and the 60 redis-cli processes between them ran out on a
+		// loaded machine although every command succeeded.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 		if err := rc.Do(ctx, rc.B().Set().Key(key).Value("v").Build()).Error(); err != nil {
 			t.Fatalf("SET %s: %v", key, err)
 		}

@@ -241,20 +241,26 @@ func runFailover(t *testing.T, cutLink bool) {
 	}
 	killedAt := time.Now()
 	beforeKill := countAcked()
+	// The failover is over when every surviving node names one and the same
+	// new master for the killed master's slot, and that master reports the
+	// cluster healthy: a client asking any node is then sent to it.
 	var promoted int
-	waitUntil(t, 30*time.Second, "a replica promoted for the killed master's slots", func() bool {
+	waitUntil(t, 30*time.Second, "every live node naming one promoted master for the killed master's slots", func() bool {
+		promoted = 0
+		slot := int(safesync.KeySlot(parts.Stream(0)))
 		for _, p := range cl.LivePorts() {
-			m, err := cl.MasterOfSlot(p, int(safesync.KeySlot(parts.Stream(0))))
-			if err != nil || m == victim {
+			m, err := cl.MasterOfSlot(p, slot)
+			if err != nil || m == victim || (promoted != 0 && m != promoted) {
+				promoted = 0
 				return false
 			}
-			info, err := cl.CLI(m, "CLUSTER", "INFO")
-			if err == nil && strings.Contains(info, "cluster_state:ok") {
-				promoted = m
-			}
-			return promoted != 0
+			promoted = m
 		}
-		return false
+		if promoted == 0 {
+			return false
+		}
+		info, err := cl.CLI(promoted, "CLUSTER", "INFO")
+		return err == nil && strings.Contains(info, "cluster_state:ok")
 	})
 	promotedAt := time.Now()
 	hold.Store(false)

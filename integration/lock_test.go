@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -338,5 +339,282 @@ func TestConnectionKilledMidTransactionIsRetriedAsANewTransaction(t *testing.T) 
 	}
 	if got := amountOf(t, db, table, 1); got != 1 {
 		t.Fatalf("amount = %d, want 1: the killed attempt rolled back", got)
+	}
+}
+
+// Regression (issue 11, item 8): MariaDB cuts advisory lock names at a NUL
+// byte, so while one session held "p\x00a", WithAdvisoryLock("p\x00b")
+// timed out on a lock it never asked for. Such names, and the others
+// ValidateLockName lists, are refused before any SQL, whatever the server
+// would do with them.
+func TestRegressionLockNamesTheServerWouldAlterAreRefused(t *testing.T) {
+	db := openMySQL(t, nil)
+	ctx := context.Background()
+	unique := uniqueName(t, "nul")
+	prefix := "nul_" + unique[len(unique)-8:] // short: the names below must fit in 64 characters
+	holder, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	var got sql.NullInt64
+	if err := holder.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", prefix+"\x00a").Scan(&got); err != nil || got.Int64 != 1 {
+		t.Fatalf("holder GET_LOCK = %v, %v", got, err)
+	}
+	defer func() { _, _ = holder.ExecContext(ctx, "DO RELEASE_ALL_LOCKS()") }()
+	// What the server does with the prefix alone, for the record.
+	shared := !otherConnectionGetsLock(t, prefix)
+	t.Logf("server treats %q as the lock %q: %v", prefix+"\x00a", prefix, shared)
+
+	for _, name := range []string{prefix + "\x00b", prefix + "\x00a", "Job:" + prefix, prefix + ":\xff", prefix + ":😀"} {
+		start := time.Now()
+		_, err := safesync.WithTx(db, safesync.WithAdvisoryLock(name, 2*time.Second, safesync.NoResult(func(context.Context, *safesync.Tx) error {
+			t.Errorf("fn ran under %q", name)
+			return nil
+		})))(ctx)
+		if !errors.Is(err, safesync.ErrInvalidLockName) || errors.Is(err, safesync.ErrLockTimeout) {
+			t.Errorf("name %q: err = %v; want ErrInvalidLockName", name, err)
+		}
+		if waited := time.Since(start); waited > time.Second {
+			t.Errorf("name %q: refused after %v; it must be refused before any SQL", name, waited)
+		}
+	}
+}
+
+// Regression (issue 11, item 10): WithRowLock and ReadVersioned ran
+// SELECT *, so ALTER TABLE … ADD COLUMN made every running worker fail with
+// ErrUnmappedColumn until it was redeployed. Two workers, one with a row
+// lock and one with OCC under Retry, run while columns are added (one of
+// them first, which moves every other column); not one call may fail, and
+// every increment lands.
+func TestAddingAColumnUnderRunningWorkersBreaksNothing(t *testing.T) {
+	db := openMySQL(t, nil)
+	table := createTable(t, db, "mig", counterDDL)
+	if _, err := db.Exec("INSERT INTO `" + table + "` (id) VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	policy := safesync.Exponential(time.Millisecond, 20*time.Millisecond).WithMaxAttempts(1000).WithMetrics(nil)
+	ops := map[string]safesync.Func[struct{}]{
+		"row lock": safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": 1}, func(ctx context.Context, tx *safesync.Tx, r counterRow) (struct{}, error) {
+			// The version moves too, or the OCC worker's guarded write
+			// would not see this one.
+			_, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = ?, version = version + 1 WHERE id = 1", r.Amount+1)
+			return struct{}{}, err
+		})),
+		"OCC": func(ctx context.Context) (struct{}, error) {
+			_, err := safesync.WithTx(db, safesync.OCC(safesync.ReadVersioned[counterRow](table, safesync.Key{"id": 1}, "version"),
+				func(r counterRow) (counterRow, error) { r.Amount++; return r, nil }))(ctx)
+			return struct{}{}, err
+		},
+	}
+	var done, afterAlter atomic.Int64
+	var altered atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for name, op := range ops {
+		op := safesync.Retry(policy, op)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := op(ctx); err != nil {
+					if ctx.Err() == nil {
+						errs <- fmt.Errorf("%s: %w", name, err)
+					}
+					return
+				}
+				done.Add(1)
+				if altered.Load() {
+					afterAlter.Add(1)
+				}
+			}
+		}()
+	}
+	waitFor := func(n int64) {
+		for deadline := time.Now().Add(20 * time.Second); done.Load() < n && time.Now().Before(deadline) && len(errs) == 0; {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor(50)
+	for _, ddl := range []string{
+		"ALTER TABLE `" + table + "` ADD COLUMN added_later VARCHAR(16) NULL",
+		"ALTER TABLE `" + table + "` ADD COLUMN added_first BIGINT NOT NULL DEFAULT 7 FIRST",
+	} {
+		if _, err := db.Exec(ddl); err != nil {
+			t.Fatal(err)
+		}
+		altered.Store(true)
+		waitFor(done.Load() + 50)
+	}
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if afterAlter.Load() < 50 {
+		t.Fatalf("only %d calls ran after the first ALTER TABLE; the test did not exercise it", afterAlter.Load())
+	}
+	var amount int64
+	if err := db.QueryRow("SELECT amount FROM `" + table + "` WHERE id = 1").Scan(&amount); err != nil || amount != done.Load() {
+		t.Fatalf("amount = %d (%v) after %d increments", amount, err, done.Load())
+	}
+
+	// A field that is no column is named, with the way out.
+	type withComputed struct {
+		counterRow
+		Display string
+	}
+	_, err := safesync.WithTx(db, safesync.WithRowLock(table, safesync.Key{"id": 1}, func(ctx context.Context, tx *safesync.Tx, r withComputed) (int, error) {
+		return 0, nil
+	}))(context.Background())
+	if mysqlNumber(err) != 1054 || !strings.Contains(err.Error(), "Display") || !strings.Contains(err.Error(), `db:"-"`) {
+		t.Fatalf("a field with no column: err = %v; want error 1054 naming Display and db:\"-\"", err)
+	}
+}
+
+func mysqlNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// lockedWork runs holders transactions at once, each holding its own
+// advisory lock while fn works for work (one statement before, one after),
+// on a pool of the given size, and returns how long each WithTx took.
+func lockedWork(t *testing.T, pool, holders int, work time.Duration) []time.Duration {
+	t.Helper()
+	db := openMySQL(t, nil)
+	db.SetMaxOpenConns(pool)
+	db.SetMaxIdleConns(pool)
+	unique := uniqueName(t, "w")
+	took := make([]time.Duration, holders)
+	errs := make([]error, holders)
+	var wg sync.WaitGroup
+	for i := range holders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("pool:%s:%d", unique[len(unique)-8:], i)
+			start := time.Now()
+			_, errs[i] = safesync.WithTx(db, safesync.WithAdvisoryLock(name, 10*time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+				if _, err := tx.ExecContext(ctx, "DO 1"); err != nil {
+					return err
+				}
+				select {
+				case <-time.After(work):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				_, err := tx.ExecContext(ctx, "DO 2")
+				return err
+			}), safesync.LockCheckInterval(100*time.Millisecond)))(context.Background())
+			took[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return took
+}
+
+// Regression (issue 11, item 9): the advisory lock's watcher borrowed a
+// second pooled connection for each check and stop waited for it, so with
+// as many lock holders as pooled connections each 500 ms transaction took
+// 1.4–1.7 s (the watcher queued behind the holders for a connection they
+// held), and with a pool of one 1.5–4 s. The watcher now checks only on an
+// idle connection and never waits for one: a locked transaction costs its
+// work plus a few round trips, whether the pool is full or not.
+func TestAdvisoryLockCostsTheSameWhetherThePoolIsFullOrNot(t *testing.T) {
+	const work = 500 * time.Millisecond
+	// A loaded, shared machine adds scheduling delay; a watcher waiting for
+	// a connection added at least the check interval plus the time until a
+	// connection freed (about a second here).
+	const allowed = work + 300*time.Millisecond
+	check := func(name string, took []time.Duration, limit time.Duration) {
+		t.Helper()
+		slowest := slices.Max(took)
+		t.Logf("%s: %v", name, took)
+		if slowest > limit {
+			t.Errorf("%s: slowest WithTx took %v, want at most %v", name, slowest, limit)
+		}
+	}
+	check("pool 8, 4 holders (room for the watcher)", lockedWork(t, 8, 4, work), allowed)
+	check("pool 4, 4 holders (the pool is full)", lockedWork(t, 4, 4, work), allowed)
+	check("pool 1, 1 holder", lockedWork(t, 1, 1, work), allowed)
+	// Two holders on one connection run one after the other: the second
+	// waits for the first's connection, not for a watcher.
+	check("pool 1, 2 holders", lockedWork(t, 1, 2, work), 2*work+300*time.Millisecond)
+}
+
+// When the pool has no idle connection the watcher skips its checks; a
+// lock lost meanwhile is still found before COMMIT by the confirmation on
+// the transaction's own connection, and the transaction rolls back with a
+// retryable ErrLockLost.
+func TestAdvisoryLockLostWhileThePoolIsFullIsFoundBeforeCommit(t *testing.T) {
+	db := openMySQL(t, nil)
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	killer := openMySQL(t, nil)
+	table := itemsTable(t, killer, 1)
+	name := "full:" + uniqueName(t, "l")[len(uniqueName(t, "l"))-8:]
+	start := time.Now()
+	_, err := safesync.WithTx(db, safesync.WithAdvisoryLock(name, time.Second, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE `"+table+"` SET amount = 99 WHERE id = 1"); err != nil {
+			return err
+		}
+		id, err := safesync.Get[int64](ctx, tx, "SELECT CONNECTION_ID()")
+		if err != nil {
+			return err
+		}
+		if _, err := killer.ExecContext(ctx, fmt.Sprintf("KILL %d", id)); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond) // work that runs no statement
+		return nil
+	}), safesync.LockCheckInterval(50*time.Millisecond)))(context.Background())
+	if !errors.Is(err, safesync.ErrLockLost) || errors.Is(err, safesync.ErrCommitUnknown) || !safesync.DefaultRetryable(err) {
+		t.Fatalf("err = %v; want a retryable ErrLockLost before COMMIT", err)
+	}
+	if got := amountOf(t, killer, table, 1); got != 0 {
+		t.Fatalf("amount = %d, want 0: the transaction must roll back", got)
+	}
+	if took := time.Since(start); took > 800*time.Millisecond {
+		t.Fatalf("WithTx took %v for 300 ms of work; nothing may wait for a pooled connection", took)
+	}
+}
+
+// Regression (issue 11, item 11): a GET_LOCK timeout was not retried by
+// default although an InnoDB lock wait timeout (1205) was. Another session
+// holds the lock for 300 ms; a transaction whose GET_LOCK waits 100 ms
+// times out, is retried as a new transaction, and gets the lock.
+func TestAdvisoryLockTimeoutIsRetriedByDefault(t *testing.T) {
+	db := openMySQL(t, nil)
+	unique := uniqueName(t, "lt")
+	name := "retry:" + unique[len(unique)-8:]
+	holder, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if _, err := holder.ExecContext(context.Background(), "DO GET_LOCK(?, 0)", name); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() { _, _ = holder.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", name) })
+	var reasons []string
+	policy := safesync.Constant(20 * time.Millisecond).WithMetrics(nil).
+		WithOnRetry(func(e safesync.RetryEvent) { reasons = append(reasons, e.Reason) })
+	ran := false
+	_, err = safesync.Retry(policy, safesync.WithTx(db, safesync.WithAdvisoryLock(name, 100*time.Millisecond, safesync.NoResult(func(context.Context, *safesync.Tx) error {
+		ran = true
+		return nil
+	}))))(context.Background())
+	if err != nil || !ran || len(reasons) == 0 || reasons[0] != safesync.ReasonLockWait {
+		t.Fatalf("err = %v, fn ran = %v, retries %v; want success after lock_wait retries", err, ran, reasons)
 	}
 }

@@ -171,9 +171,10 @@ func allSettled(tb testing.TB, client rueidis.Client, dead string, ids []string,
 // itself, so each entry runs in its own transaction on db, is acknowledged
 // only after that transaction committed, and is dead-lettered exactly as
 // in production (a Permanent error's text included). An entry is reported
-// Acked once its transaction committed. Pair it with the embedded MySQL of
-// safesynctest/mysqltest to unit-test a handler's database effects with no
-// service.
+// Acked once its transaction committed. Pair it with mysqltest.New
+// (package github.com/safesync-go/safesync/safesynctest/mysqltest, a
+// module of its own: an in-process MySQL-compatible engine) to unit-test
+// a handler's database effects with no service.
 func HandleTxJSON[T any](tb testing.TB, db *sql.DB, h safesync.TxHandler[T], values ...T) HandlerReport[T] {
 	tb.Helper()
 	entries := make([]map[string]string, len(values))

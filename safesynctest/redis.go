@@ -2,8 +2,8 @@ package safesynctest
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +12,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/ops"
 )
 
 // EmbeddedRedis is an in-process Redis (miniredis) listening on a loopback
@@ -103,47 +104,52 @@ type PendingEntry struct {
 
 // Pending returns the group's pending entries (delivered, not acknowledged)
 // in id order, failing the test on error. A missing stream or group has
-// none.
+// none. It reads them with ops.Ops.Pending.
 func Pending(tb testing.TB, client rueidis.Client, stream, group string) []PendingEntry {
 	tb.Helper()
-	ctx := context.Background()
-	rows, err := client.Do(ctx, client.B().Xpending().Key(stream).Group(group).Start("-").End("+").Count(1<<30).Build()).ToArray()
-	if err != nil {
-		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "NOGROUP") {
+	o := ops.New(client, ops.Config{})
+	t := ops.Target{Name: stream, Streams: []string{stream}}
+	q := ops.PendingQuery{Group: group, Limit: ops.MaxLimit}
+	var out []PendingEntry
+	for {
+		page, err := o.Pending(context.Background(), t, q)
+		if errors.Is(err, ops.ErrGroupNotFound) {
 			return nil
 		}
-		tb.Fatalf("safesynctest: XPENDING %s %s: %v", stream, group, err)
-	}
-	out := make([]PendingEntry, 0, len(rows))
-	for _, row := range rows {
-		f, err := row.ToArray()
-		if err != nil || len(f) != 4 {
-			tb.Fatalf("safesynctest: XPENDING row %v: %v", row, err)
+		if err != nil {
+			tb.Fatalf("safesynctest: pending entries of %s %s: %v", stream, group, err)
 		}
-		var p PendingEntry
-		p.ID, _ = f[0].ToString()
-		p.Consumer, _ = f[1].ToString()
-		ms, _ := f[2].AsInt64()
-		p.Idle = time.Duration(ms) * time.Millisecond
-		p.Deliveries, _ = f[3].AsInt64()
-		out = append(out, p)
+		for _, e := range page.Entries {
+			out = append(out, PendingEntry{ID: e.ID, Consumer: e.Consumer, Idle: e.Idle, Deliveries: e.Deliveries})
+		}
+		if page.Next == "" {
+			return out
+		}
+		q.After = page.Next
 	}
-	return out
 }
 
 // DeadLetters returns the entries of a dead-letter stream, oldest first,
-// failing the test on error.
+// failing the test on error. It reads them with ops.Ops.DeadLetters.
 func DeadLetters(tb testing.TB, client rueidis.Client, deadStream string) []safesync.DeadLetterEntry {
 	tb.Helper()
-	xs, err := client.Do(context.Background(), client.B().Xrange().Key(deadStream).Start("-").End("+").Build()).AsXRange()
-	if err != nil {
-		tb.Fatalf("safesynctest: XRANGE %s: %v", deadStream, err)
+	o := ops.New(client, ops.Config{})
+	t := ops.Target{Name: deadStream, DeadLetterStreams: []string{deadStream}}
+	q := ops.DeadLetterQuery{Limit: ops.MaxLimit}
+	out := []safesync.DeadLetterEntry{}
+	for {
+		page, err := o.DeadLetters(context.Background(), t, q)
+		if err != nil {
+			tb.Fatalf("safesynctest: dead letters of %s: %v", deadStream, err)
+		}
+		for _, d := range page.Entries {
+			out = append(out, d.Entry())
+		}
+		if page.Next == "" {
+			return out
+		}
+		q.After = page.Next
 	}
-	out := make([]safesync.DeadLetterEntry, len(xs))
-	for i, x := range xs {
-		out[i] = safesync.ParseDeadLetter(x.ID, x.FieldValues)
-	}
-	return out
 }
 
 // Entries returns all entries of stream, oldest first, failing the test on

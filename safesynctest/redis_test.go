@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/safesync-go/safesync"
 	"github.com/safesync-go/safesync/safesynctest"
@@ -31,12 +30,8 @@ func applyOrder(_ context.Context, m safesync.Message[order]) error {
 }
 
 func TestHandleJSONReportsWhatBecameOfEachEntry(t *testing.T) {
-	start := time.Now()
 	rep := safesynctest.HandleJSON(t, applyOrder,
 		order{ID: 1, Amount: 5}, order{ID: 2, Amount: -1}, order{ID: 3, Amount: 0}, order{ID: 4, Amount: 13}, order{ID: 5, Amount: 7})
-	if took := time.Since(start); took >= time.Second {
-		t.Errorf("HandleJSON took %v; unit tests of handlers must take well under a second", took)
-	}
 	if len(rep.Acked) != 2 || rep.Acked[0].Value.ID != 1 || rep.Acked[1].Value.ID != 5 {
 		t.Errorf("acked %+v, want orders 1 and 5", rep.Acked)
 	}

@@ -160,7 +160,7 @@ func machine() (string, error) {
 	defer rdb.Close()
 	infoText, err := rdb.Do(context.Background(), rdb.B().Info().Section("server").Build()).ToString()
 	if err != nil {
-		return "", fmt.Errorf("Redis: %w", err)
+		return "", fmt.Errorf("read the Redis server version: %w", err)
 	}
 	for _, line := range strings.Split(infoText, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {

@@ -8,9 +8,13 @@
 // malformed entries. It exits 1 if any invariant fails.
 //
 // With no flags it needs no services: Redis is miniredis and MySQL is
-// go-mysql-server, both in-process. -mysql and -redis point it at real
-// servers; it then creates (and first drops) the tables demo_accounts and
-// demo_applied and the stream safesync-demo:{orders}.
+// go-mysql-server, both in-process, and it finishes in a few seconds; -n
+// runs more orders. -mysql and -redis point it at real servers. Every
+// table and stream it uses there starts with -prefix (unique per run by
+// default); it creates them, lists its tables in the marker table
+// <prefix>_demo and its streams under the key <prefix>:{orders}:owner,
+// drops them at the end (-keep keeps them), and refuses to run if a table
+// or stream of those names exists that it did not create.
 package main
 
 import (
@@ -49,6 +53,8 @@ type options struct {
 	strategy    string
 	crash       bool
 	timeout     time.Duration
+	prefix      string
+	keep        bool
 }
 
 func main() {
@@ -56,7 +62,7 @@ func main() {
 	flag.StringVar(&o.mysqlDSN, "mysql", "", "MySQL/MariaDB DSN (go-sql-driver/mysql); empty: the embedded engine")
 	flag.StringVar(&o.redisAddr, "redis", "", "Redis address host:port; empty: the embedded server")
 	flag.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090) while running")
-	flag.IntVar(&o.messages, "n", 20000, "order messages to publish")
+	flag.IntVar(&o.messages, "n", 2000, "order messages to publish")
 	flag.IntVar(&o.malformed, "malformed", 5, "malformed messages to mix in (they must end in the dead-letter stream)")
 	flag.IntVar(&o.workers, "workers", 4, "workers (consumers in one group)")
 	flag.IntVar(&o.accounts, "accounts", 50, "accounts the orders are spread over")
@@ -65,7 +71,12 @@ func main() {
 	flag.StringVar(&o.strategy, "strategy", "occ", "how a handler updates the account: occ (optimistic, retried) or rowlock")
 	flag.BoolVar(&o.crash, "crash", true, "make worker 1 stop mid-batch, leaving its entries for the others to reclaim")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up (and fail) after this long")
+	flag.StringVar(&o.prefix, "prefix", "", "start of every table and stream name the demo uses (default safesync_demo_ and 6 random hex digits, new each run)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the tables and streams at the end instead of dropping them")
 	flag.Parse()
+	if o.prefix == "" {
+		o.prefix = uniquePrefix()
+	}
 	if o.concurrency == 0 {
 		o.concurrency = 2
 		if o.mysqlDSN == "" {
@@ -107,7 +118,8 @@ func (o options) validate() error {
 	case o.strategy != "occ" && o.strategy != "rowlock":
 		return fmt.Errorf("-strategy %q: want occ or rowlock", o.strategy)
 	}
-	return nil
+	_, err := newNames(o.prefix)
+	return err
 }
 
 // services are the database and Redis the demo runs against.
@@ -160,22 +172,28 @@ func connect(ctx context.Context, o options) (*services, error) {
 		s.closers = append(s.closers, r.Close)
 		addr = r.Addr
 	}
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: o.redisAddr == ""})
+	// Client-side caching off: the demo reads nothing through it, and the embedded
+	// Redis does not support it.
+	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true})
 	if err != nil {
-		return s, fmt.Errorf("Redis at %s: %w", addr, err)
+		return s, fmt.Errorf("connect to Redis at %s: %w", addr, err)
 	}
 	s.rdb = rdb
 	s.closers = append(s.closers, rdb.Close)
 	return s, nil
 }
 
-func run(ctx context.Context, o options) (bool, error) {
+func run(ctx context.Context, o options) (ok bool, err error) {
+	n, err := newNames(o.prefix)
+	if err != nil {
+		return false, err
+	}
 	svc, err := connect(ctx, o)
 	defer svc.close()
 	if err != nil {
 		return false, err
 	}
-	printMode(o, svc.embedded)
+	printMode(o, n, svc.embedded)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
@@ -191,10 +209,14 @@ func run(ctx context.Context, o options) (bool, error) {
 		defer stopMetrics()
 	}
 
-	sc := newScenario(o, svc, metrics, reg)
+	sc := newScenario(o, n, svc, metrics, reg)
 	if err := sc.prepare(ctx); err != nil {
-		return false, err
+		if errors.Is(err, errNotOurs) {
+			return false, err // nothing was created or changed
+		}
+		return false, errors.Join(err, cleanUp(o, n, svc, false))
 	}
+	defer func() { err = errors.Join(err, cleanUp(o, n, svc, ok && err == nil)) }()
 	if err := sc.publish(ctx); err != nil {
 		return false, err
 	}
@@ -206,10 +228,32 @@ func run(ctx context.Context, o options) (bool, error) {
 		return false, err
 	}
 	sc.report(os.Stdout, results)
-	return results.ok(), nil
+	ok = results.ok()
+	return ok, nil
 }
 
-func printMode(o options, embedded bool) {
+// cleanUp drops what the run created on real servers, unless -keep was
+// given or the run failed (then what it left is worth a look). The
+// embedded engines vanish with the process.
+func cleanUp(o options, n names, svc *services, ok bool) error {
+	if svc.embedded && o.redisAddr == "" {
+		return nil
+	}
+	if o.keep || !ok {
+		fmt.Printf("kept tables %s, %s, %s and streams %s, %s (a later run with -prefix %s replaces them)\n",
+			n.marker, n.accounts, n.applied, n.stream, n.deadStream, n.prefix)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.dropAll(ctx, svc.db, svc.rdb); err != nil {
+		return fmt.Errorf("clean up: %w", err)
+	}
+	fmt.Printf("dropped tables %s, %s, %s and streams %s, %s\n", n.accounts, n.applied, n.marker, n.stream, n.deadStream)
+	return nil
+}
+
+func printMode(o options, n names, embedded bool) {
 	if embedded {
 		fmt.Println("mode: embedded engines (miniredis and go-mysql-server, in this process)")
 		fmt.Println("      The embedded MySQL engine does not isolate concurrent transactions, so the")
@@ -223,6 +267,10 @@ func printMode(o options, embedded bool) {
 	}
 	if o.redisAddr == "" && o.mysqlDSN != "" {
 		fmt.Println("      (Redis: embedded)")
+	}
+	if !embedded || o.redisAddr != "" {
+		fmt.Printf("names: tables %s, %s (listed in %s), streams %s, %s; dropped at the end unless -keep\n",
+			n.accounts, n.applied, n.marker, n.stream, n.deadStream)
 	}
 }
 

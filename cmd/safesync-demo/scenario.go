@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,14 +14,6 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
-)
-
-const (
-	accountsTable = "demo_accounts"
-	appliedTable  = "demo_applied"
-	stream        = "safesync-demo:{orders}"
-	deadStream    = stream + safesync.DeadLetterSuffix
-	group         = "demo"
 )
 
 // order is one message, in the original framework's wire format: field
@@ -62,6 +55,7 @@ var errCrashed = errors.New("worker crashed")
 
 type scenario struct {
 	o        options
+	n        names
 	svc      *services
 	metrics  *safesync.Metrics
 	registry prometheus.Gatherer
@@ -82,34 +76,32 @@ type scenario struct {
 	latencies []time.Duration      // handler start -> COMMIT, per entry
 }
 
-func newScenario(o options, svc *services, m *safesync.Metrics, reg prometheus.Gatherer) *scenario {
-	sc := &scenario{o: o, svc: svc, metrics: m, registry: reg, perAccount: map[int64]expectation{}, malformedIDs: map[string]string{}, firstSeen: map[string]time.Time{}}
+func newScenario(o options, n names, svc *services, m *safesync.Metrics, reg prometheus.Gatherer) *scenario {
+	sc := &scenario{o: o, n: n, svc: svc, metrics: m, registry: reg, perAccount: map[int64]expectation{}, malformedIDs: map[string]string{}, firstSeen: map[string]time.Time{}}
 	sc.crashedAt.Store(-1)
 	return sc
 }
 
-// prepare creates fresh tables and an empty stream.
+// prepare claims the run's names (see owned.go), then creates the accounts
+// and exactly-once tables.
 func (sc *scenario) prepare(ctx context.Context) error {
 	db := sc.svc.db
-	for _, q := range []string{
-		"DROP TABLE IF EXISTS " + accountsTable,
-		"DROP TABLE IF EXISTS " + appliedTable,
-		"CREATE TABLE " + accountsTable + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, orders BIGINT NOT NULL DEFAULT 0, order_ids BIGINT NOT NULL DEFAULT 0, version BIGINT NOT NULL DEFAULT 0)",
-	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
-		}
+	if err := sc.n.claim(ctx, db, sc.svc.rdb); err != nil {
+		return err
 	}
-	if err := safesync.CreateDedupeTable(ctx, db, appliedTable); err != nil {
+	q := "CREATE TABLE " + sc.n.accounts + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, orders BIGINT NOT NULL DEFAULT 0, order_ids BIGINT NOT NULL DEFAULT 0, version BIGINT NOT NULL DEFAULT 0)"
+	if _, err := db.ExecContext(ctx, q); err != nil {
+		return fmt.Errorf("create %s: %w", sc.n.accounts, err)
+	}
+	if err := safesync.CreateDedupeTable(ctx, db, sc.n.applied); err != nil {
 		return err
 	}
 	for id := 1; id <= sc.o.accounts; id++ {
-		if _, err := db.ExecContext(ctx, "INSERT INTO "+accountsTable+" (id, balance) VALUES (?, 0)", id); err != nil {
+		if _, err := db.ExecContext(ctx, "INSERT INTO "+sc.n.accounts+" (id, balance) VALUES (?, 0)", id); err != nil {
 			return err
 		}
 	}
-	rdb := sc.svc.rdb
-	return rdb.Do(ctx, rdb.B().Del().Key(stream, deadStream).Build()).Error()
+	return nil
 }
 
 // publish adds the orders, with the malformed entries spread among them.
@@ -119,7 +111,7 @@ func (sc *scenario) publish(ctx context.Context) error {
 	bad := 0
 	for i := 1; i <= sc.o.messages; i++ {
 		o := order{OrderID: int64(i), AccountID: int64(1 + i%sc.o.accounts), Amount: int64(1 + (i*7)%100)}
-		if _, err := safesync.PublishJSON(ctx, sc.svc.rdb, stream, o); err != nil {
+		if _, err := safesync.PublishJSON(ctx, sc.svc.rdb, sc.n.stream, o); err != nil {
 			return fmt.Errorf("publish: %w", err)
 		}
 		sc.expected += o.Amount
@@ -137,13 +129,13 @@ func (sc *scenario) publish(ctx context.Context) error {
 			return err
 		}
 	}
-	fmt.Printf("published %d orders and %d malformed entries to %s in %v\n", sc.o.messages, sc.o.malformed, stream, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("published %d orders and %d malformed entries to %s in %v\n", sc.o.messages, sc.o.malformed, sc.n.stream, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 func (sc *scenario) publishMalformed(ctx context.Context, n int) error {
 	kind := malformedKinds[n%len(malformedKinds)]
-	id, err := safesync.Publish(ctx, sc.svc.rdb, stream, kind.fields)
+	id, err := safesync.Publish(ctx, sc.svc.rdb, sc.n.stream, kind.fields)
 	if err != nil {
 		return fmt.Errorf("publish malformed entry: %w", err)
 	}
@@ -173,14 +165,14 @@ func (sc *scenario) handler() safesync.TxHandler[order] {
 		}
 		key := safesync.Key{"id": o.AccountID}
 		if sc.o.strategy == "rowlock" {
-			_, err := safesync.WithRowLock(accountsTable, key, func(ctx context.Context, tx *safesync.Tx, a account) (struct{}, error) {
+			_, err := safesync.WithRowLock(sc.n.accounts, key, func(ctx context.Context, tx *safesync.Tx, a account) (struct{}, error) {
 				a, _ = apply(o)(a)
-				_, err := tx.ExecContext(ctx, "UPDATE "+accountsTable+" SET balance = ?, orders = ?, order_ids = ? WHERE id = ?", a.Balance, a.Orders, a.OrderIDs, a.ID)
+				_, err := tx.ExecContext(ctx, "UPDATE "+sc.n.accounts+" SET balance = ?, orders = ?, order_ids = ? WHERE id = ?", a.Balance, a.Orders, a.OrderIDs, a.ID)
 				return struct{}{}, err
 			})(ctx, tx)
 			return err
 		}
-		_, err := safesync.OCC(safesync.ReadVersioned[account](accountsTable, key, "version"), apply(o))(ctx, tx)
+		_, err := safesync.OCC(safesync.ReadVersioned[account](sc.n.accounts, key, "version"), apply(o))(ctx, tx)
 		return err
 	}
 }
@@ -202,7 +194,7 @@ func (sc *scenario) afterCommit(_ context.Context, msgs []safesync.Message[order
 
 func (sc *scenario) config(worker int) safesync.StreamConfig {
 	return safesync.StreamConfig{
-		Stream: stream, Group: group, Consumer: fmt.Sprintf("worker-%d", worker),
+		Stream: sc.n.stream, Group: sc.n.group, Consumer: fmt.Sprintf("worker-%d", worker),
 		Block: 200 * time.Millisecond, Count: sc.o.batch, Concurrency: sc.o.concurrency,
 		ClaimIdle: 2 * time.Second, ClaimInterval: 500 * time.Millisecond,
 		MaxDeliveries: 5, ShutdownGrace: 10 * time.Second, Metrics: sc.metrics,
@@ -218,7 +210,7 @@ func (sc *scenario) consume(ctx context.Context) error {
 		return safesync.Stream(safesync.JSON[order]()).
 			Handle(h).
 			AckAfter(safesync.Commit(sc.svc.db, safesync.WithMetrics(sc.metrics), safesync.Label("demo"))).
-			Once(appliedTable).
+			Once(sc.n.applied).
 			Batch(sc.o.batch).
 			Retry(policy).
 			AfterCommit(sc.afterCommit)
@@ -280,8 +272,11 @@ func (sc *scenario) crashingHandler(crash context.CancelFunc) safesync.TxHandler
 
 func (sc *scenario) waitUntilSettled(ctx context.Context) error {
 	deadline := time.After(sc.o.timeout)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	// Check often, so that the run ends soon after its last commit; print
+	// progress every second.
+	check := time.NewTicker(200 * time.Millisecond)
+	defer check.Stop()
+	lastPrint := time.Now()
 	total := int64(sc.o.messages)
 	for {
 		applied, pending, dead, err := sc.progress(ctx)
@@ -292,27 +287,30 @@ func (sc *scenario) waitUntilSettled(ctx context.Context) error {
 			fmt.Printf("  %6.1fs  all %d orders applied, %d dead letters, nothing pending\n", time.Since(sc.started).Seconds(), applied, dead)
 			return nil
 		}
+		if time.Since(lastPrint) >= time.Second {
+			lastPrint = time.Now()
+			rate := float64(applied) / time.Since(sc.started).Seconds()
+			fmt.Printf("  %6.1fs  applied %6d/%d  pending %5d  dead letters %d  %7.0f orders/s\n", time.Since(sc.started).Seconds(), applied, total, pending, dead, rate)
+		}
+		sc.noteCrash(ctx)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
 			fmt.Printf("timed out after %v: %d/%d applied, %d pending, %d dead letters\n", sc.o.timeout, applied, total, pending, dead)
 			return nil // verify reports what failed
-		case <-tick.C:
+		case <-check.C:
 		}
-		rate := float64(applied) / time.Since(sc.started).Seconds()
-		fmt.Printf("  %6.1fs  applied %6d/%d  pending %5d  dead letters %d  %7.0f orders/s\n", time.Since(sc.started).Seconds(), applied, total, pending, dead, rate)
-		sc.noteCrash()
 	}
 }
 
 // noteCrash prints, once, how many entries the crashed worker left.
-func (sc *scenario) noteCrash() {
-	if !sc.o.crash || sc.crashedAt.Load() >= 0 {
+func (sc *scenario) noteCrash(ctx context.Context) {
+	if !sc.o.crash || sc.crashedAt.Load() >= 0 || sc.committed.Load() < int64(sc.o.messages/4) {
 		return
 	}
-	left, err := pendingOf(context.Background(), sc.svc.rdb, "worker-1")
-	if err != nil || left == 0 || sc.committed.Load() < int64(sc.o.messages/4) {
+	left, err := sc.pendingOf(ctx, "worker-1")
+	if err != nil || left == 0 {
 		return
 	}
 	sc.crashedAt.Store(left)
@@ -322,18 +320,15 @@ func (sc *scenario) noteCrash() {
 // progress reads how far the run is: orders applied (as counted in the
 // accounts), entries pending in the group, dead letters.
 func (sc *scenario) progress(ctx context.Context) (applied, pending, dead int64, err error) {
-	counts, err := safesync.Select[int64](ctx, sc.svc.db, "SELECT orders FROM "+accountsTable)
+	applied, err = safesync.Get[int64](ctx, sc.svc.db, "SELECT COALESCE(SUM(orders), 0) FROM "+sc.n.accounts)
 	if err != nil {
 		return
 	}
-	for _, n := range counts {
-		applied += n
-	}
-	if pending, err = pendingOf(ctx, sc.svc.rdb, ""); err != nil {
+	if pending, err = sc.pendingOf(ctx, ""); err != nil {
 		return
 	}
 	rdb := sc.svc.rdb
-	dead, err = rdb.Do(ctx, rdb.B().Xlen().Key(deadStream).Build()).AsInt64()
+	dead, err = rdb.Do(ctx, rdb.B().Xlen().Key(sc.n.deadStream).Build()).AsInt64()
 	return
 }
 
@@ -355,7 +350,7 @@ func (sc *scenario) prune(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		n, err := safesync.PruneDedupe(ctx, sc.svc.db, appliedTable, pruneWindow)
+		n, err := safesync.PruneDedupe(ctx, sc.svc.db, sc.n.applied, pruneWindow)
 		sc.pruned.Add(n)
 		if err != nil && ctx.Err() == nil {
 			fmt.Println("  prune:", err)
@@ -363,23 +358,40 @@ func (sc *scenario) prune(ctx context.Context) {
 	}
 }
 
-// pendingOf counts the group's pending entries, of one consumer if named.
-func pendingOf(ctx context.Context, rdb rueidis.Client, consumer string) (int64, error) {
-	cmd := rdb.B().Xpending().Key(stream).Group(group).Start("-").End("+").Count(1 << 30)
-	var res rueidis.RedisResult
-	if consumer != "" {
-		res = rdb.Do(ctx, cmd.Consumer(consumer).Build())
-	} else {
-		res = rdb.Do(ctx, cmd.Build())
-	}
-	rows, err := res.ToArray()
+// pendingOf counts the group's pending entries, of one consumer if named,
+// from the summary form of XPENDING.
+func (sc *scenario) pendingOf(ctx context.Context, consumer string) (int64, error) {
+	rdb := sc.svc.rdb
+	summary, err := rdb.Do(ctx, rdb.B().Xpending().Key(sc.n.stream).Group(sc.n.group).Build()).ToArray()
 	if err != nil {
-		if re, ok := rueidis.IsRedisErr(err); ok && len(re.Error()) >= 7 && re.Error()[:7] == "NOGROUP" {
+		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "NOGROUP") {
 			return 0, nil
 		}
 		return 0, err
 	}
-	return int64(len(rows)), nil
+	if len(summary) != 4 {
+		return 0, fmt.Errorf("XPENDING %s %s: %d fields in the reply, want 4", sc.n.stream, sc.n.group, len(summary))
+	}
+	if consumer == "" {
+		return summary[0].AsInt64()
+	}
+	if summary[3].IsNil() { // no consumer has pending entries
+		return 0, nil
+	}
+	perConsumer, err := summary[3].ToArray()
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range perConsumer {
+		pair, err := c.ToArray()
+		if err != nil || len(pair) != 2 {
+			continue
+		}
+		if name, _ := pair[0].ToString(); name == consumer {
+			return pair[1].AsInt64() // Redis sends the count as a string
+		}
+	}
+	return 0, nil
 }
 
 func percentile(sorted []time.Duration, p float64) time.Duration {

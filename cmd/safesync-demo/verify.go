@@ -38,7 +38,7 @@ func (sc *scenario) verify(ctx context.Context) (results, error) {
 	}
 	db, rdb := sc.svc.db, sc.svc.rdb
 
-	accts, err := safesync.Select[account](ctx, db, "SELECT * FROM "+accountsTable+" ORDER BY id")
+	accts, err := safesync.Select[account](ctx, db, "SELECT * FROM "+sc.n.accounts+" ORDER BY id")
 	if err != nil {
 		return r, err
 	}
@@ -53,13 +53,13 @@ func (sc *scenario) verify(ctx context.Context) (results, error) {
 	add("balances sum to the published total", sum == sc.expected, "%d, expected %d", sum, sc.expected)
 	add("every order applied exactly once", wrong == 0, "%d of %d accounts differ in balance, order count or order-id sum", wrong, len(accts))
 
-	pending, err := pendingOf(ctx, rdb, "")
+	pending, err := sc.pendingOf(ctx, "")
 	if err != nil {
 		return r, err
 	}
 	add("no entry is pending", pending == 0, "%d pending", pending)
 
-	xs, err := rdb.Do(ctx, rdb.B().Xrange().Key(deadStream).Start("-").End("+").Build()).AsXRange()
+	xs, err := rdb.Do(ctx, rdb.B().Xrange().Key(sc.n.deadStream).Start("-").End("+").Build()).AsXRange()
 	if err != nil {
 		return r, err
 	}

@@ -55,6 +55,9 @@ func Entries() []Entry {
 		{Name: "Infinity", Fields: data(`{"id": 10, "score": Infinity}`)},
 		{Name: "number too large for the field", Fields: data(`{"id": 123456789012345678901234567890}`)},
 		{Name: "empty data", Fields: data(``)},
+		{Name: "lone surrogate escape", Fields: data(`{"id": 11, "note": "a\ud800b"}`)},
+		{Name: "two keys for one field, in different case", Fields: data(`{"id": 12, "ID": 13}`)},
+		{Name: "key in another case than the field's", Fields: data(`{"ID": 14}`), Handled: true, ID: 14},
 	}
 }
 
@@ -264,8 +267,11 @@ func Calls(client rueidis.Client, db *sql.DB) []Call {
 		{"empty key", rowLock("accounts", safesync.Key{}), safesync.ErrEmptyKey, "empty key"},
 		{"UpdateVersioned column with a backtick", update("accounts", "bal`ance"), safesync.ErrInvalidIdentifier, "not allowed"},
 		{"UpdateVersioned table over 64 characters", update(long, "balance"), safesync.ErrInvalidIdentifier, "longer than 64"},
-		{"advisory lock name over 64 characters", advisory(long, time.Second), nil, "longer than 64"},
-		{"advisory lock name empty", advisory("", time.Second), nil, "name is empty"},
+		{"advisory lock name over 64 characters", advisory(long, time.Second), safesync.ErrInvalidLockName, "longer than 64"},
+		{"advisory lock name empty", advisory("", time.Second), safesync.ErrInvalidLockName, "name is empty"},
+		{"advisory lock name with a NUL byte", advisory("jobs\x00a", time.Second), safesync.ErrInvalidLockName, "NUL byte"},
+		{"advisory lock name with an upper-case letter", advisory("Jobs", time.Second), safesync.ErrInvalidLockName, "upper-case"},
+		{"advisory lock name with an emoji", advisory("jobs:😀", time.Second), safesync.ErrInvalidLockName, "Basic Multilingual Plane"},
 		{"advisory lock negative timeout", advisory("jobs", -time.Second), nil, "negative timeout"},
 		{"Block under 1ms (Redis reads BLOCK 0 as forever)", config(func(c *safesync.StreamConfig) { c.Block = 500 * time.Microsecond }), safesync.ErrInvalidStreamConfig, "Block"},
 		{"negative Block", config(func(c *safesync.StreamConfig) { c.Block = -time.Second }), safesync.ErrInvalidStreamConfig, "Block is negative"},

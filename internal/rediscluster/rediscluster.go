@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,9 +56,23 @@ type node struct {
 // size is the number of nodes: three masters, one replica each.
 const size = 6
 
-// Start starts six nodes, joins them with redis-cli --cluster
-// create, and waits until every node reports cluster_state:ok and every
-// replica's link to its master is up.
+// Waits are bounded generously: on a loaded machine (a parallel build, other
+// tests, two cores shared by several servers) a node can take seconds to
+// start and the gossip seconds more to converge. Each wait returns as soon
+// as its condition holds, so a quiet machine pays nothing for the margin.
+const (
+	// startTimeout bounds each node's first PING and redis-cli --cluster
+	// create.
+	startTimeout = 60 * time.Second
+	// healthyTimeout bounds the wait for a converged, healthy cluster.
+	healthyTimeout = 90 * time.Second
+	// cliTimeout bounds one redis-cli call (a process start and one
+	// command).
+	cliTimeout = 15 * time.Second
+)
+
+// Start starts six nodes, joins them with redis-cli --cluster create, and
+// waits until the cluster is healthy and converged (see WaitHealthy).
 func Start() (*Cluster, error) {
 	dir, err := os.MkdirTemp("", "safesync-cluster-")
 	if err != nil {
@@ -79,21 +94,18 @@ func Start() (*Cluster, error) {
 		}
 	}
 	for _, p := range c.ports {
-		if err := c.waitFor(p, 10*time.Second, "PING", func(out string) bool { return out == "PONG" }, "ping"); err != nil {
+		if err := c.waitFor(p, startTimeout, "PING", func(out string) bool { return out == "PONG" }, "ping"); err != nil {
 			return nil, err
 		}
 	}
-	args := []string{"--cluster", "create"}
-	for _, a := range c.Addrs() {
-		args = append(args, a)
-	}
+	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	if err := c.waitHealthy(30 * time.Second); err != nil {
+	if err := c.WaitHealthy(healthyTimeout); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -171,7 +183,7 @@ func (c *Cluster) Addrs() []string {
 // CLI runs one redis-cli command against port and returns its output,
 // trimmed.
 func (c *Cluster) CLI(port int, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	full := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
 	out, err := exec.CommandContext(ctx, "redis-cli", full...).Output()
@@ -199,22 +211,96 @@ func (c *Cluster) waitFor(port int, timeout time.Duration, cmd string, ok func(s
 	}
 }
 
-// waitHealthy waits until every live node reports cluster_state:ok and
-// every live replica has its link to its master up.
-func (c *Cluster) waitHealthy(timeout time.Duration) error {
+// WaitHealthy waits, up to timeout in all, until the live nodes form a
+// converged, healthy cluster: every node reports cluster_state:ok with all
+// 16384 slots served, every replica's link to its master is up, and every
+// node names the same master for every slot. A node that reports ok alone
+// may still route a slot to another master than its peers for a moment
+// after a create or a failover; clients that learn the topology from it
+// would then be redirected, or time out on a loaded machine.
+func (c *Cluster) WaitHealthy(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	left := func() time.Duration { return max(time.Until(deadline), time.Second) }
 	for _, p := range c.LivePorts() {
-		if err := c.waitFor(p, timeout, "CLUSTER INFO", func(out string) bool {
-			return strings.Contains(out, "cluster_state:ok")
-		}, "cluster_state:ok"); err != nil {
+		if err := c.waitFor(p, left(), "CLUSTER INFO", func(out string) bool {
+			return strings.Contains(out, "cluster_state:ok") && strings.Contains(out, "cluster_slots_ok:16384")
+		}, "cluster_state:ok with 16384 slots ok"); err != nil {
 			return err
 		}
-		if err := c.waitFor(p, timeout, "INFO replication", func(out string) bool {
+		if err := c.waitFor(p, left(), "INFO replication", func(out string) bool {
 			return strings.Contains(out, "role:master") || strings.Contains(out, "master_link_status:up")
 		}, "replication link"); err != nil {
 			return err
 		}
 	}
-	return nil
+	var last string
+	for {
+		views := map[string][]int{}
+		for _, p := range c.LivePorts() {
+			v, err := c.slotOwners(p)
+			if err != nil {
+				v = "error: " + err.Error()
+			}
+			views[v] = append(views[v], p)
+		}
+		if len(views) == 1 {
+			for v := range views {
+				if !strings.HasPrefix(v, "error: ") {
+					return nil
+				}
+			}
+		}
+		last = fmt.Sprint(views)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the nodes did not agree on the masters of the slots within %v; views (view: nodes): %s", timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// slotOwners returns port's view of which master serves which slots, as
+// "lo-hi:port" ranges in slot order, for comparison between nodes.
+func (c *Cluster) slotOwners(port int) (string, error) {
+	out, err := c.CLI(port, "CLUSTER", "NODES")
+	if err != nil {
+		return "", err
+	}
+	type owned struct{ lo, hi, port int }
+	var ranges []owned
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		_, ps, _ := net.SplitHostPort(addr)
+		mp, err := strconv.Atoi(ps)
+		if err != nil {
+			return "", fmt.Errorf("node %d: CLUSTER NODES address %q", port, f[1])
+		}
+		for _, r := range f[8:] {
+			if strings.HasPrefix(r, "[") {
+				continue // a slot being migrated
+			}
+			lo, hi, found := strings.Cut(r, "-")
+			if !found {
+				hi = lo
+			}
+			a, err1 := strconv.Atoi(lo)
+			b, err2 := strconv.Atoi(hi)
+			if err1 != nil || err2 != nil {
+				return "", fmt.Errorf("node %d: CLUSTER NODES slot range %q", port, r)
+			}
+			ranges = append(ranges, owned{a, b, mp})
+		}
+	}
+	slices.SortFunc(ranges, func(x, y owned) int { return x.lo - y.lo })
+	var b strings.Builder
+	for _, r := range ranges {
+		fmt.Fprintf(&b, "%d-%d:%d ", r.lo, r.hi, r.port)
+	}
+	return b.String(), nil
 }
 
 // LivePorts returns the ports of the nodes not killed.

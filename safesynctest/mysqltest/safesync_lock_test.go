@@ -64,8 +64,10 @@ func TestLockInputsAreRefusedBeforeAnySQL(t *testing.T) {
 		{"a table with a semicolon", safesync.WithRowLock("accounts;DROP TABLE x", safesync.Key{"id": 1}, noop), safesync.ErrInvalidIdentifier},
 		{"a key column over 64 characters", safesync.WithRowLock("accounts", safesync.Key{strings.Repeat("c", 65): 1}, noop), safesync.ErrInvalidIdentifier},
 		{"a key column with a quote", safesync.WithRowLock("accounts", safesync.Key{`i"d`: 1}, noop), safesync.ErrInvalidIdentifier},
-		{"an advisory lock name over 64 characters", safesync.WithAdvisoryLock(strings.Repeat("n", 65), time.Second, noopTx), nil},
-		{"an empty advisory lock name", safesync.WithAdvisoryLock("", time.Second, noopTx), nil},
+		{"an advisory lock name over 64 characters", safesync.WithAdvisoryLock(strings.Repeat("n", 65), time.Second, noopTx), safesync.ErrInvalidLockName},
+		{"an empty advisory lock name", safesync.WithAdvisoryLock("", time.Second, noopTx), safesync.ErrInvalidLockName},
+		{"an advisory lock name with a NUL byte", safesync.WithAdvisoryLock("job\x00a", time.Second, noopTx), safesync.ErrInvalidLockName},
+		{"an advisory lock name with an upper-case letter", safesync.WithAdvisoryLock("Job", time.Second, noopTx), safesync.ErrInvalidLockName},
 		{"a negative advisory lock timeout", safesync.WithAdvisoryLock("job", -time.Second, noopTx), nil},
 		{"a non-positive lock check interval", safesync.WithAdvisoryLock("job", time.Second, noopTx, safesync.LockCheckInterval(0)), nil},
 	}
