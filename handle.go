@@ -18,9 +18,13 @@ func (e *engine[T]) handleOne(w *worker[T], u *unit[T], h Handler[T]) {
 	core := e.parts[msg.part].core
 	start := time.Now()
 	err := callHandler(e.handlerCtx, h, msg)
-	core.metrics.observeHandler(time.Since(start))
+	took := time.Since(start)
+	core.metrics.observeHandler(took)
 	if err == nil {
 		e.succeeded(w, u, u.all())
+		if took >= ackFlushAfter {
+			w.flush(e.sched)
+		}
 		return
 	}
 	e.failed(u, 0, err, classifyFailure(e.handlerCtx, err))

@@ -130,7 +130,8 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // the one that reaches MaxDeliveries dead-letters it. A failure that
 // belongs to no entry (BEGIN, COMMIT, the connection, a handler's
 // statement meeting an outage) leaves the whole batch pending, counted
-// for none. Every size works: with Once, the
+// for none; so does Run's end: a batch is not split into more
+// transactions once Run's ctx ended. Every size works: with Once, the
 // batch's exactly-once records are inserted in chunks of 2,000 rows,
 // within MySQL's limit of placeholders a statement. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
@@ -324,7 +325,11 @@ func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
 	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
 	start := time.Now()
 	r.apply(e, w, u, idx)
-	core.metrics.observeHandler(time.Since(start))
+	took := time.Since(start)
+	core.metrics.observeHandler(took)
+	if took >= ackFlushAfter {
+		w.flush(e.sched) // a transaction's entries are not held back behind the next
+	}
 }
 
 // apply runs the unit's entries idx in one transaction, setting aside each
@@ -347,13 +352,19 @@ func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int
 		if errors.As(err, &ef) && isOwnFailure(classifyFailure(ctx, ef.err)) {
 			setAside = append(setAside, idx[ef.index])
 			idx = append(idx[:ef.index:ef.index], idx[ef.index+1:]...)
+			if r.stopping(e, u, append(idx, setAside...)) {
+				return
+			}
 			continue
 		}
 		e.notOwn(u, append(idx, setAside...), err, notOwnFailure(ctx, unwrapEntryFailure(err)))
 		return
 	}
 	setAside = append(setAside, idx...)
-	for _, i := range setAside {
+	for j, i := range setAside {
+		if j > 0 && r.stopping(e, u, setAside[j:]) {
+			return
+		}
 		err := r.commit(ctx, e, w, u, []int{i})
 		if err == nil {
 			continue
@@ -365,6 +376,17 @@ func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int
 			e.notOwn(u, []int{i}, err, notOwnFailure(ctx, err))
 		}
 	}
+}
+
+// stopping reports whether Run's ctx has ended, leaving the unit's entries
+// idx pending, uncounted, if so: once Run stops, a failed batch is not
+// split into more transactions; shutdown waits for no new one.
+func (r *pipelineRun[T]) stopping(e *engine[T], u *unit[T], idx []int) bool {
+	if e.runCtx.Err() == nil {
+		return false
+	}
+	e.notOwn(u, idx, e.runCtx.Err(), "")
+	return true
 }
 
 // notOwnFailure names the kind of a pipeline failure that is no entry's

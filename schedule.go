@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"time"
 
 	"github.com/jackc/puddle/v2"
 )
@@ -129,8 +130,16 @@ type worker[T any] struct {
 }
 
 // maxWorkerAcks is how many acknowledgements a busy worker gathers before
-// handing them over; an idle worker hands over what it has at once.
+// handing them over; an idle worker hands over what it has at once, and so
+// does one whose last unit took ackFlushAfter or longer (see handleOne),
+// so that only quick handlers gather acknowledgements: an entry's XACK is
+// never held back behind many milliseconds of other work, which would
+// let it go idle past ClaimIdle.
 const maxWorkerAcks = 128
+
+// ackFlushAfter is the handler time from which a worker hands its
+// acknowledgements over after each unit.
+const ackFlushAfter = time.Millisecond
 
 // ack buffers entry i of u for acknowledgement; the entry stays held
 // until its XACK has been sent (see settle).

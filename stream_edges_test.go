@@ -510,3 +510,42 @@ func TestConsumerNeverRunsAnEntryAgainThatItAcknowledgedDuringAClaim(t *testing.
 		}
 	}
 }
+
+// The acknowledgement of an entry whose handler took a while is handed
+// over at once, not held back until the worker (or, with Concurrency 1,
+// the reader) has handled the rest of its read: entries otherwise went idle
+// past ClaimIdle while done, and were claimed and run again elsewhere.
+func TestAcknowledgementsOfSlowHandlersAreNotHeldBack(t *testing.T) {
+	for _, concurrency := range []int{1, 2} {
+		t.Run(fmt.Sprintf("Concurrency %d", concurrency), func(t *testing.T) {
+			client := safesynctest.NewRedis(t)
+			for i := range 40 {
+				safesynctest.PublishJSON(t, client, "orders", item{N: i})
+			}
+			cfg := defectConfig(nil)
+			cfg.Concurrency = concurrency
+			c := mustConsumer(t, client, cfg)
+			var handled atomic.Int64
+			var worst atomic.Int64 // most entries pending beyond those in flight, seen after 10 were handled
+			err := runUntil(t, func(ctx context.Context) error {
+				return c.Run(ctx, func(context.Context, safesync.Message[item]) error {
+					if n := handled.Load(); n >= 10 && n < 30 {
+						left := int64(len(safesynctest.Pending(t, client, "orders", "workers"))) - (40 - n)
+						worst.Store(max(worst.Load(), left))
+					}
+					time.Sleep(20 * time.Millisecond)
+					handled.Add(1)
+					return nil
+				})
+			}, func() bool { return handled.Load() == 40 && len(safesynctest.Pending(t, client, "orders", "workers")) == 0 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Handled but not yet acknowledged: the last one or two, whose
+			// XACK is on its way.
+			if w := worst.Load(); w > int64(concurrency)+2 {
+				t.Fatalf("up to %d handled entries were still unacknowledged while the rest of the read was handled", w)
+			}
+		})
+	}
+}
