@@ -537,7 +537,9 @@ func TestAcknowledgementsOfSlowHandlersAreNotHeldBack(t *testing.T) {
 					handled.Add(1)
 					return nil
 				})
-			}, func() bool { return handled.Load() == 40 && len(safesynctest.Pending(t, client, "orders", "workers")) == 0 })
+			}, func() bool {
+				return handled.Load() == 40 && len(safesynctest.Pending(t, client, "orders", "workers")) == 0
+			})
 			if err != nil {
 				t.Fatal(err)
 			}
