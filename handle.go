@@ -18,13 +18,11 @@ func (e *engine[T]) handleOne(w *worker[T], u *unit[T], h Handler[T]) {
 	core := e.parts[msg.part].core
 	start := time.Now()
 	err := callHandler(e.handlerCtx, h, msg)
-	took := time.Since(start)
-	core.metrics.observeHandler(took)
+	end := time.Now()
+	core.metrics.observeHandler(end.Sub(start))
 	if err == nil {
 		e.succeeded(w, u, u.all())
-		if took >= ackFlushAfter {
-			w.flush(e.sched)
-		}
+		w.flushIfDue(e.sched, end)
 		return
 	}
 	e.failed(u, 0, err, classifyFailure(e.handlerCtx, err))

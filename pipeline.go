@@ -325,11 +325,9 @@ func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
 	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
 	start := time.Now()
 	r.apply(e, w, u, idx)
-	took := time.Since(start)
-	core.metrics.observeHandler(took)
-	if took >= ackFlushAfter {
-		w.flush(e.sched) // a transaction's entries are not held back behind the next
-	}
+	end := time.Now()
+	core.metrics.observeHandler(end.Sub(start))
+	w.flushIfDue(e.sched, end)
 }
 
 // apply runs the unit's entries idx in one transaction, setting aside each

@@ -126,20 +126,21 @@ type heldEntry struct {
 // in bursts.
 type worker[T any] struct {
 	acks    [][]string
-	pending int // ids in acks
+	pending int       // ids in acks
+	since   time.Time // when flushIfDue first saw the oldest of them
 }
 
 // maxWorkerAcks is how many acknowledgements a busy worker gathers before
-// handing them over; an idle worker hands over what it has at once, and so
-// does one whose last unit took ackFlushAfter or longer (see handleOne),
-// so that only quick handlers gather acknowledgements: an entry's XACK is
-// never held back behind many milliseconds of other work, which would
-// let it go idle past ClaimIdle.
+// handing them over; an idle worker hands over what it has at once, and a
+// busy one when its oldest has waited ackFlushAfter (see flushIfDue), so
+// that an entry's XACK is held back by no more than that and one unit of
+// other work (an entry idle past ClaimIdle while done would be claimed
+// and run again elsewhere), while the acknowledgements of quick handlers
+// and concurrent transactions still go out together.
 const maxWorkerAcks = 128
 
-// ackFlushAfter is the handler time from which a worker hands its
-// acknowledgements over after each unit.
-const ackFlushAfter = time.Millisecond
+// ackFlushAfter bounds how long a busy worker keeps acknowledgements.
+const ackFlushAfter = 10 * time.Millisecond
 
 // ack buffers entry i of u for acknowledgement; the entry stays held
 // until its XACK has been sent (see settle).
@@ -167,7 +168,20 @@ func (w *worker[T]) take(part int) []string {
 	return ids
 }
 
+// flushIfDue hands the acknowledgements over when the oldest has waited
+// ackFlushAfter; now is the end of the unit just handled.
+func (w *worker[T]) flushIfDue(s *scheduler[T], now time.Time) {
+	switch {
+	case w.pending == 0:
+	case w.since.IsZero():
+		w.since = now
+	case now.Sub(w.since) >= ackFlushAfter:
+		w.flush(s)
+	}
+}
+
 func (w *worker[T]) flush(s *scheduler[T]) {
+	w.since = time.Time{}
 	if w.pending == 0 {
 		return
 	}
