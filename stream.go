@@ -86,8 +86,10 @@ type StreamConfig struct {
 	// ClaimIdle is how long an entry must have sat pending, undelivered,
 	// before reclaim takes it over (DefaultClaimIdle). Set it above the
 	// longest time an entry may wait behind the others of its read (about
-	// Count × handler time / Concurrency) plus the handler's own time, or
-	// another consumer may claim and handle it a second time. This
+	// Count × handler time / Concurrency) plus the handler's own time (and
+	// up to 10 ms, plus one other unit of work, that its acknowledgement
+	// may wait to go out with others), or another consumer may claim and
+	// handle it a second time. This
 	// consumer never hands an entry it still holds (queued, running, or
 	// handled and waiting for its XACK) to a handler again, whatever
 	// ClaimIdle is.
