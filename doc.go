@@ -72,10 +72,14 @@
 // entries first, then new ones; it runs up to Concurrency handlers (in
 // per-key order with OrderBy), acknowledges an entry after its handler
 // returns nil, reclaims entries left pending by others with XAUTOCLAIM,
-// and moves entries that cannot be decoded, fail Permanently or exceed
-// MaxDeliveries to a dead-letter stream. JSON reads and PublishJSON writes
-// the original framework's wire format (one field "data" holding a JSON
-// object), so Go and Python workers share streams and groups.
+// and moves entries that cannot be decoded, fail Permanently or fail for
+// their own reasons MaxDeliveries times to a dead-letter stream, with the
+// handler's error. Outages are not the entries' fault: while Redis or a
+// pipeline's database is down the consumer pauses, and no entry moves
+// towards the dead-letter stream (see Readiness). JSON reads and
+// PublishJSON writes the original framework's wire format (one field
+// "data" holding a JSON object), so Go and Python workers share streams
+// and groups.
 //
 // # Redis Cluster and partitions
 //
@@ -91,8 +95,8 @@
 // # Pipelines
 //
 // Stream joins a stream to a database: each entry is applied in one
-// transaction and acknowledged from its after-commit hook, never before
-// its effects are durable. Once makes the effects exactly-once; Batch
+// transaction and acknowledged once its COMMIT returned, never before its
+// effects are durable. Once makes the effects exactly-once; Batch
 // applies many entries per transaction without letting one bad entry
 // poison the rest:
 //
