@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -19,6 +20,33 @@ import (
 // composite key. Columns are always put into SQL in sorted order, quoted;
 // values are always bound parameters.
 type Key map[string]any
+
+// String returns the key as errors print it: column=value pairs in sorted
+// column order, strings quoted, as in id=9 or region="eu" seq=4.
+func (k Key) String() string {
+	cols := make([]string, 0, len(k))
+	for c := range k {
+		cols = append(cols, c)
+	}
+	slices.Sort(cols)
+	var b strings.Builder
+	for i, c := range cols {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(c)
+		b.WriteByte('=')
+		switch v := k[c].(type) {
+		case string:
+			b.WriteString(strconv.Quote(v))
+		case []byte:
+			b.WriteString(strconv.Quote(string(v)))
+		default:
+			fmt.Fprint(&b, v)
+		}
+	}
+	return b.String()
+}
 
 var (
 	// ErrNotFound is returned by WithRowLock when no row has the key.

@@ -61,3 +61,30 @@ func TestAdvisoryLockNamesTheServerWouldAlterAreRefusedBeforeAnySQL(t *testing.T
 		}
 	}
 }
+
+func TestKeysPrintAsColumnValuePairs(t *testing.T) {
+	tests := []struct {
+		name string
+		key  safesync.Key
+		want string
+	}{
+		{"one integer column", safesync.Key{"id": 9}, "id=9"},
+		{"columns in sorted order, strings quoted", safesync.Key{"seq": int64(4), "region": "eu west"}, `region="eu west" seq=4`},
+		{"bytes quoted as text", safesync.Key{"code": []byte("A1")}, `code="A1"`},
+		{"no column", safesync.Key{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.key.String(); got != tt.want {
+				t.Errorf("String() = %q, want %q", got, tt.want)
+			}
+			if got := fmt.Sprintf("%v", tt.key); got != tt.want {
+				t.Errorf("%%v = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	conflict := &safesync.ConflictError{Table: "accounts", Key: safesync.Key{"id": 9}, Version: 3}
+	if want := "safesync: optimistic update conflict: accounts id=9 is no longer at version 3"; conflict.Error() != want {
+		t.Errorf("conflict message %q, want %q", conflict, want)
+	}
+}

@@ -44,6 +44,9 @@ func TestWithRowLockOfAMissingRowIsErrNotFound(t *testing.T) {
 	if !errors.Is(err, safesync.ErrNotFound) || called {
 		t.Fatalf("err = %v, fn called = %v; want ErrNotFound and fn not called", err, called)
 	}
+	if want := "safesync: row not found: accounts id=99"; err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
 }
 
 // The TxFuncs below are called with a nil *Tx: any SQL would panic, so

@@ -89,6 +89,9 @@ func TestReadVersionedOfAMissingRowIsErrNotFound(t *testing.T) {
 	if !errors.Is(err, safesync.ErrNotFound) {
 		t.Fatalf("err = %v, want ErrNotFound", err)
 	}
+	if want := "safesync: row not found: accounts id=42"; err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
 }
 
 // Regression: the original's occ_update bound values by name, so a column
