@@ -19,7 +19,11 @@ import (
 var ErrRetriesExhausted = errors.New("safesync: retries exhausted")
 
 // RetryError is what a Func built by Retry returns when it fails: how many
-// attempts ran and the last attempt's error, which it wraps.
+// attempts ran and the last attempt's error, which it wraps. Its message
+// is the last error's, after "safesync: failed after N attempts: " when
+// more than one ran, or "safesync: retries exhausted after N attempts: "
+// when the budget ran out; a first attempt that failed for good (an error
+// the policy does not retry) reads as its own error, unchanged.
 type RetryError struct {
 	Attempts  int   // attempts run, at least 1
 	Err       error // the last attempt's error
@@ -28,6 +32,9 @@ type RetryError struct {
 
 // Error implements error.
 func (e *RetryError) Error() string {
+	if e.Attempts <= 1 && !e.Exhausted {
+		return e.Err.Error() // nothing was retried: nothing to add
+	}
 	plural := "s"
 	if e.Attempts == 1 {
 		plural = ""
@@ -335,7 +342,8 @@ func (p RetryPolicy) validate() error { return p.Validate() }
 //
 // ctx is passed to every attempt and bounds the pauses: when it ends, Retry
 // stops at once. Every failure is a *RetryError carrying the number of
-// attempts and wrapping the last error (and ctx's error, if ctx ended).
+// attempts and wrapping the last error (and ctx's error, if ctx ended);
+// its message says how many attempts ran when there was more than one.
 // Retry panics if f is nil or the policy is invalid: check a policy built
 // from configuration with Validate first.
 func Retry[T any](p RetryPolicy, f Func[T]) Func[T] {

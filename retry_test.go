@@ -75,6 +75,35 @@ func TestRetryStopsAtOnceOnANonRetryableError(t *testing.T) {
 	if errors.Is(err, safesync.ErrRetriesExhausted) {
 		t.Fatal("a non-retryable error must not match ErrRetriesExhausted")
 	}
+	// Nothing was retried, so the message is the error's own, not "failed
+	// after 1 attempt: boom".
+	if err.Error() != "boom" {
+		t.Errorf("message %q, want the error's own", err)
+	}
+}
+
+func TestRetryMessageSaysHowManyAttemptsRanWhenThereWereSeveral(t *testing.T) {
+	conflict := &safesync.ConflictError{Table: "accounts", Key: safesync.Key{"id": 9}, Version: 3}
+	boom := errors.New("boom")
+	cases := []struct {
+		name   string
+		policy safesync.RetryPolicy
+		errs   []error
+		want   string
+	}{
+		{"a conflict, then a failure for good", safesync.Constant(0), []error{conflict, boom}, "safesync: failed after 2 attempts: boom"},
+		{"a budget of one attempt spent on a conflict", safesync.Constant(0).WithMaxAttempts(1), []error{conflict},
+			"safesync: retries exhausted after 1 attempt: safesync: optimistic update conflict: accounts id=9 is no longer at version 3"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, _ := failing(c.errs...)
+			_, err := safesync.Retry(c.policy.WithMetrics(nil), f)(context.Background())
+			if err == nil || err.Error() != c.want {
+				t.Errorf("message %q, want %q", err, c.want)
+			}
+		})
+	}
 }
 
 func TestRetryWaitEndsWhenCtxEnds(t *testing.T) {
