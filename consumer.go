@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"reflect"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -51,6 +53,53 @@ type ConsumerOption[T any] func(*Consumer[T])
 // it is reclaimed, after later entries of its key that succeeded.
 func OrderBy[T any](key func(Message[T]) string) ConsumerOption[T] {
 	return func(c *Consumer[T]) { c.key = key }
+}
+
+// OrderKeyType is a key type OrderKey accepts: an integer or a string
+// type.
+type OrderKeyType interface {
+	~int | ~int8 | ~int16 | ~int32 | ~int64 |
+		~uint | ~uint8 | ~uint16 | ~uint32 | ~uint64 | ~uintptr | ~string
+}
+
+// OrderKey turns a key function of an integer or string type into the
+// string key function that OrderBy (the consumer option and
+// Pipeline.OrderBy) takes, with T and K inferred from key:
+//
+//	.OrderBy(safesync.OrderKey(func(m safesync.Message[Order]) int64 { return m.Value.AccountID }))
+//
+// Integers become their decimal form, so equal keys give equal strings
+// and different keys different ones (int64(7) and "7" would meet, but one
+// function returns one type).
+func OrderKey[T any, K OrderKeyType](key func(Message[T]) K) func(Message[T]) string {
+	if key == nil {
+		panic("safesync: OrderKey with nil key")
+	}
+	return func(m Message[T]) string { return formatOrderKey(key(m)) }
+}
+
+// formatOrderKey formats k by its kind (a String method of a named type
+// plays no part), without reflection for the common types.
+func formatOrderKey[K OrderKeyType](k K) string {
+	switch v := any(k).(type) {
+	case string:
+		return v
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case int:
+		return strconv.Itoa(v)
+	case uint64:
+		return strconv.FormatUint(v, 10)
+	}
+	v := reflect.ValueOf(k)
+	switch {
+	case v.CanInt():
+		return strconv.FormatInt(v.Int(), 10)
+	case v.CanUint():
+		return strconv.FormatUint(v.Uint(), 10)
+	default:
+		return v.String()
+	}
 }
 
 // Consumer reads one stream as one named consumer of a group, and hands

@@ -315,6 +315,19 @@ func ExampleOrderBy() {
 	// 3 3
 }
 
+func ExampleOrderKey() {
+	type Transfer struct {
+		AccountID int64 `json:"account_id"`
+	}
+	// OrderBy takes string keys; OrderKey adapts a key of an integer (or
+	// string) type, inferring both types from the function.
+	byAccount := safesync.OrderKey(func(m safesync.Message[Transfer]) int64 { return m.Value.AccountID })
+	fmt.Println(byAccount(safesync.Message[Transfer]{Value: Transfer{AccountID: 42}}))
+	_ = safesync.OrderBy(byAccount) // as the consumer option, or Pipeline.OrderBy(byAccount)
+	// Output:
+	// 42
+}
+
 func ExampleJSON() {
 	decode := safesync.JSON[Order]()
 	// What Python's json.dumps({"order_id": 1, "amount": 5}) writes.
