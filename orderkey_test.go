@@ -26,7 +26,9 @@ func TestOrderKeyGivesEqualKeysEqualStringsAndOthersOthers(t *testing.T) {
 		{"uint64", safesync.OrderKey(func(m safesync.Message[int]) uint64 { return uint64(m.Value) }), []string{"7", "18446744073709551609", "300"}},
 		{"a named unsigned type with a String method", safesync.OrderKey(func(m safesync.Message[int]) accountID { return accountID(m.Value) }), []string{"7", "65529", "300"}},
 		{"string", safesync.OrderKey(func(m safesync.Message[int]) string { return map[int]string{7: "a", -7: "b", 300: "c"}[m.Value] }), []string{"a", "b", "c"}},
-		{"a named string type", safesync.OrderKey(func(m safesync.Message[int]) region { return region(map[int]string{7: "eu", -7: "us", 300: "ap"}[m.Value]) }), []string{"eu", "us", "ap"}},
+		{"a named string type", safesync.OrderKey(func(m safesync.Message[int]) region {
+			return region(map[int]string{7: "eu", -7: "us", 300: "ap"}[m.Value])
+		}), []string{"eu", "us", "ap"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
