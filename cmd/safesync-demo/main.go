@@ -1,20 +1,29 @@
-// Command safesync-demo runs safesync end to end: it publishes order
-// messages to a Redis stream (a few of them malformed), applies them to an
-// accounts table with several workers through a Stream → Commit pipeline
-// with exactly-once effects and optimistic updates or row locks, makes one
-// worker stop mid-batch as a crashed worker would, lets the others reclaim
-// its entries, and then checks the invariants: balances add up exactly,
-// nothing is pending, and the dead-letter stream holds exactly the
-// malformed entries. It exits 1 if any invariant fails.
+// Command safesync-demo runs safesync's whole loop end to end: it
+// publishes order messages to a Redis stream (a few of them malformed),
+// applies them to an accounts table with several workers through a
+// Stream → Commit pipeline with exactly-once effects and optimistic
+// updates or row locks, makes one worker stop mid-batch as a crashed
+// worker would, and lets the others reclaim its entries. Each order's
+// transaction also publishes a balance-changed event through the outbox;
+// a Relay adds the committed events to a second stream, and a second
+// pipeline, exactly-once and in order per account, applies them to a
+// history table. Then it checks the invariants at both ends: balances add
+// up exactly, every account's history holds one event per applied order,
+// in order, ending at its balance, the outbox is empty, nothing is pending
+// on either stream, and the dead-letter stream holds exactly the malformed
+// entries. It exits 1 if any invariant fails.
 //
 // With no flags it needs no services: Redis is miniredis and MySQL is
 // go-mysql-server, both in-process, and it finishes in a few seconds; -n
-// runs more orders. -mysql and -redis point it at real servers. Every
-// table and stream it uses there starts with -prefix (unique per run by
-// default); it creates them, lists its tables in the marker table
-// <prefix>_demo and its streams under the key <prefix>:{orders}:owner,
-// drops them at the end (-keep keeps them), and refuses to run if a table
-// or stream of those names exists that it did not create.
+// runs more orders. The embedded MySQL engine does not isolate concurrent
+// transactions, so there the orders, the relay and the history pipeline
+// run one after another; on real servers they run side by side. -mysql
+// and -redis point it at real servers. Every table and stream it uses
+// there starts with -prefix (unique per run by default); it creates them,
+// lists its tables in the marker table <prefix>_demo and its streams
+// under the key <prefix>:{orders}:owner, drops them at the end (-keep
+// keeps them), and refuses to run if a table or stream of those names
+// exists that it did not create.
 package main
 
 import (
@@ -26,6 +35,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,7 +72,7 @@ func main() {
 	flag.StringVar(&o.mysqlDSN, "mysql", "", "MySQL/MariaDB DSN (go-sql-driver/mysql); empty: the embedded engine")
 	flag.StringVar(&o.redisAddr, "redis", "", "Redis address host:port; empty: the embedded server")
 	flag.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090) while running")
-	flag.IntVar(&o.messages, "n", 2000, "order messages to publish")
+	flag.IntVar(&o.messages, "n", 1000, "order messages to publish")
 	flag.IntVar(&o.malformed, "malformed", 5, "malformed messages to mix in (they must end in the dead-letter stream)")
 	flag.IntVar(&o.workers, "workers", 4, "workers (consumers in one group)")
 	flag.IntVar(&o.accounts, "accounts", 50, "accounts the orders are spread over")
@@ -125,6 +135,7 @@ func (o options) validate() error {
 // services are the database and Redis the demo runs against.
 type services struct {
 	db       *sql.DB
+	relayDB  *sql.DB // the relay's own pool: its leader holds a connection while it runs
 	rdb      rueidis.Client
 	embedded bool
 	closers  []func()
@@ -147,21 +158,31 @@ func connect(ctx context.Context, o options) (*services, error) {
 		if s.db, err = m.Open(); err != nil {
 			return s, err
 		}
+		s.closers = append(s.closers, func() { s.db.Close() })
+		if s.relayDB, err = sql.Open("mysql", m.DSN); err != nil {
+			return s, err
+		}
 		s.embedded = true
 	} else {
 		db, err := sql.Open("mysql", o.mysqlDSN)
 		if err != nil {
 			return s, err
 		}
-		db.SetMaxOpenConns(o.workers*o.concurrency + 4)
-		db.SetMaxIdleConns(o.workers*o.concurrency + 4)
+		// The orders' workers and the history's one, each with its
+		// transactions in flight, and a few for progress and clean-up.
+		db.SetMaxOpenConns((o.workers+1)*o.concurrency + 4)
+		db.SetMaxIdleConns((o.workers+1)*o.concurrency + 4)
 		if err := db.PingContext(ctx); err != nil {
 			db.Close()
 			return s, fmt.Errorf("MySQL at -mysql does not answer: %w", err)
 		}
 		s.db = db
+		s.closers = append(s.closers, func() { s.db.Close() })
+		if s.relayDB, err = sql.Open("mysql", o.mysqlDSN); err != nil {
+			return s, err
+		}
 	}
-	s.closers = append(s.closers, func() { s.db.Close() })
+	s.closers = append(s.closers, func() { s.relayDB.Close() })
 
 	addr := o.redisAddr
 	if addr == "" {
@@ -240,8 +261,8 @@ func cleanUp(o options, n names, svc *services, ok bool) error {
 		return nil
 	}
 	if o.keep || !ok {
-		fmt.Printf("kept tables %s, %s, %s and streams %s, %s (a later run with -prefix %s replaces them)\n",
-			n.marker, n.accounts, n.applied, n.stream, n.deadStream, n.prefix)
+		fmt.Printf("kept tables %s and streams %s (a later run with -prefix %s replaces them)\n",
+			strings.Join(n.allTables(), ", "), strings.Join(n.streams(), ", "), n.prefix)
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -249,7 +270,7 @@ func cleanUp(o options, n names, svc *services, ok bool) error {
 	if err := n.dropAll(ctx, svc.db, svc.rdb); err != nil {
 		return fmt.Errorf("clean up: %w", err)
 	}
-	fmt.Printf("dropped tables %s, %s, %s and streams %s, %s\n", n.accounts, n.applied, n.marker, n.stream, n.deadStream)
+	fmt.Printf("dropped tables %s and streams %s\n", strings.Join(n.allTables(), ", "), strings.Join(n.streams(), ", "))
 	return nil
 }
 
@@ -260,6 +281,8 @@ func printMode(o options, n names, embedded bool) {
 		fmt.Println("      demo gives it one connection: transactions run one at a time. Run with")
 		fmt.Println("      -mysql DSN -redis ADDR to see real concurrency (lock waits, OCC conflicts);")
 		fmt.Println("      integration/ proves those semantics against MariaDB.")
+		fmt.Println("      For the same reason the orders, the relay and the history pipeline run")
+		fmt.Println("      one after another here; on real servers they run side by side.")
 		fmt.Println("      The engine also slows down as a table grows, so exactly-once records")
 		fmt.Println("      older than 5s are pruned (PruneDedupe) every second.")
 	} else {
@@ -269,8 +292,8 @@ func printMode(o options, n names, embedded bool) {
 		fmt.Println("      (Redis: embedded)")
 	}
 	if !embedded || o.redisAddr != "" {
-		fmt.Printf("names: tables %s, %s (listed in %s), streams %s, %s; dropped at the end unless -keep\n",
-			n.accounts, n.applied, n.marker, n.stream, n.deadStream)
+		fmt.Printf("names: tables %s (listed in %s), streams %s; dropped at the end unless -keep\n",
+			strings.Join(n.tables(), ", "), n.marker, strings.Join(n.streams(), ", "))
 	}
 }
 

@@ -21,7 +21,8 @@ import (
 
 // The demo is the README's first command; these runs keep it working. Each
 // is the full scenario (publish, consume with a crashing worker, reclaim,
-// verify) at a small size, and fails if any invariant fails.
+// relay the balance-changed events, apply them to history, verify) at a
+// small size, and fails if any invariant fails.
 
 // demoMainEnv makes this test binary run the demo's main instead of its
 // tests, so that a test can run the demo as a program.
@@ -118,6 +119,55 @@ func TestDemoDefaultRunHoldsItsInvariants(t *testing.T) {
 	if !strings.HasPrefix(out, "mode: embedded engines") {
 		t.Errorf("the first line is not the mode:\n%s", out)
 	}
+	// On the embedded engine the relay starts only once the orders have
+	// settled, and the history pipeline once the relay has finished: no
+	// two of them run transactions at the same time.
+	var at []int
+	for _, line := range []string{
+		"orders → accounts",
+		"all 1000 orders applied",
+		"relay: outbox → events stream",
+		"all 1000 events relayed",
+		"events → history",
+		"all 1000 events in history",
+	} {
+		i := strings.Index(out, line)
+		if i < 0 || len(at) > 0 && i < at[len(at)-1] {
+			t.Fatalf("%q is missing or out of turn in the output:\n%s", line, out)
+		}
+		at = append(at, i)
+	}
+}
+
+func TestHistoryOfFindsEveryKindOfWrongHistory(t *testing.T) {
+	accts := []account{{ID: 1, Balance: 30, Orders: 3}, {ID: 2, Balance: 5, Orders: 1}}
+	good := []historyEvent{
+		{AccountID: 1, Balance: 10, Orders: 1},
+		{AccountID: 2, Balance: 5, Orders: 1},
+		{AccountID: 1, Balance: 25, Orders: 2},
+		{AccountID: 1, Balance: 30, Orders: 3},
+	}
+	cases := []struct {
+		name                   string
+		events                 []historyEvent
+		mismatched, outOfOrder int
+	}{
+		{"a complete history in order", good, 0, 0},
+		{"an event missing", []historyEvent{good[0], good[1], good[3]}, 1, 1},
+		{"an event twice", []historyEvent{good[0], good[1], good[2], good[2], good[3]}, 1, 1},
+		{"two events swapped", []historyEvent{good[0], good[1], good[3], good[2]}, 1, 2},
+		{"a last balance that differs", []historyEvent{good[0], good[1], good[2], {AccountID: 1, Balance: 31, Orders: 3}}, 1, 0},
+		{"no event of an account", []historyEvent{good[0], good[2], good[3]}, 1, 0},
+		{"an event of an account that does not exist", append(good[:4:4], historyEvent{AccountID: 9, Balance: 1, Orders: 1}), 1, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m, o := historyOf(c.events, accts)
+			if m != c.mismatched || o != c.outOfOrder {
+				t.Errorf("historyOf = %d mismatched, %d out of order; want %d, %d", m, o, c.mismatched, c.outOfOrder)
+			}
+		})
+	}
 }
 
 func TestDemoRefusesBadPrefixes(t *testing.T) {
@@ -167,7 +217,7 @@ func TestDemoOnRealServices(t *testing.T) {
 			if !ok {
 				t.Fatal("an invariant failed; see the report above")
 			}
-			for _, table := range []string{n.marker, n.accounts, n.applied} {
+			for _, table := range n.allTables() {
 				if tableExists(t, db, table) {
 					t.Errorf("table %s is left after the run", table)
 				}
@@ -207,11 +257,26 @@ func TestDemoRefusesWhatItDidNotCreate(t *testing.T) {
 			mustExec(t, db, "INSERT INTO "+n.marker+" VALUES (?)", n.accounts)
 			mustExec(t, db, "CREATE TABLE "+n.accounts+" (id INT PRIMARY KEY)")
 		}},
+		{"an outbox of someone else's", func(t *testing.T, n names) {
+			if err := safesync.CreateOutboxTable(context.Background(), db, n.outbox); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a history table of someone else's", func(t *testing.T, n names) {
+			mustExec(t, db, "CREATE TABLE "+n.history+" (id INT PRIMARY KEY)")
+			mustExec(t, db, "INSERT INTO "+n.history+" VALUES (3)")
+		}},
 		{"a stream of someone else's", func(t *testing.T, n names) {
 			do(t, rdb, rdb.B().Xadd().Key(n.stream).Id("*").FieldValue().FieldValue("data", "{}").Build())
 		}},
 		{"a dead-letter stream of someone else's", func(t *testing.T, n names) {
 			do(t, rdb, rdb.B().Xadd().Key(n.deadStream).Id("*").FieldValue().FieldValue("data", "{}").Build())
+		}},
+		{"an events stream of someone else's", func(t *testing.T, n names) {
+			do(t, rdb, rdb.B().Xadd().Key(n.events).Id("*").FieldValue().FieldValue("data", "{}").Build())
+		}},
+		{"an events dead-letter stream of someone else's", func(t *testing.T, n names) {
+			do(t, rdb, rdb.B().Xadd().Key(n.deadEvents).Id("*").FieldValue().FieldValue("data", "{}").Build())
 		}},
 		{"an owner key of someone else's", func(t *testing.T, n names) {
 			do(t, rdb, rdb.B().Set().Key(n.ownerKey).Value("mine").Build())
@@ -222,7 +287,7 @@ func TestDemoRefusesWhatItDidNotCreate(t *testing.T) {
 			o := smallRun(dsn, addr, "occ", 2)
 			n, _ := newNames(o.prefix)
 			t.Cleanup(func() {
-				for _, table := range []string{n.marker, n.accounts, n.applied} {
+				for _, table := range n.allTables() {
 					db.Exec("DROP TABLE IF EXISTS " + table)
 				}
 				rdb.Do(context.Background(), rdb.B().Del().Key(n.keys()...).Build())
@@ -251,7 +316,7 @@ func TestDemoReplacesWhatAnEarlierRunKept(t *testing.T) {
 	o.messages, o.crash, o.workers = 100, false, 1
 	n, _ := newNames(o.prefix)
 	t.Cleanup(func() {
-		for _, table := range []string{n.marker, n.accounts, n.applied} {
+		for _, table := range n.allTables() {
 			db.Exec("DROP TABLE IF EXISTS " + table)
 		}
 		rdb.Do(context.Background(), rdb.B().Del().Key(n.keys()...).Build())
@@ -361,7 +426,7 @@ func keyExists(t *testing.T, rdb rueidis.Client, key string) bool {
 func snapshot(t *testing.T, db *sql.DB, rdb rueidis.Client, n names) string {
 	t.Helper()
 	var b strings.Builder
-	for _, table := range []string{n.marker, n.accounts, n.applied} {
+	for _, table := range n.allTables() {
 		if !tableExists(t, db, table) {
 			b.WriteString(table + ": absent; ")
 			continue

@@ -31,25 +31,35 @@ type names struct {
 	prefix     string
 	marker     string // the marker table: the demo tables it created, one row each
 	accounts   string
-	applied    string
-	stream     string
+	applied    string // exactly-once records of both pipelines
+	outbox     string // balance-changed events waiting for the relay
+	history    string // balance-changed events as the second pipeline applied them
+	stream     string // the orders
 	deadStream string
+	events     string // the balance-changed events the relay adds
+	deadEvents string
 	ownerKey   string // holds ownerMark while the demo's streams exist
-	group      string
+	group      string // the orders' consumer group
+	eventGroup string // the events' consumer group
 }
 
 func newNames(prefix string) (names, error) {
 	n := names{
-		prefix:   prefix,
-		marker:   prefix + "_demo",
-		accounts: prefix + "_accounts",
-		applied:  prefix + "_applied",
-		stream:   prefix + ":{orders}",
-		group:    "demo",
+		prefix:     prefix,
+		marker:     prefix + "_demo",
+		accounts:   prefix + "_accounts",
+		applied:    prefix + "_applied",
+		outbox:     prefix + "_outbox",
+		history:    prefix + "_history",
+		stream:     prefix + ":{orders}",
+		events:     prefix + ":{orders}:balances",
+		group:      "demo",
+		eventGroup: "history",
 	}
 	n.deadStream = n.stream + safesync.DeadLetterSuffix
+	n.deadEvents = n.events + safesync.DeadLetterSuffix
 	n.ownerKey = n.stream + ":owner"
-	for _, t := range []string{n.marker, n.accounts, n.applied} {
+	for _, t := range n.allTables() {
 		if err := safesync.ValidateIdentifier(t); err != nil {
 			return names{}, fmt.Errorf("-prefix %q: the table name %s: %w", prefix, t, err)
 		}
@@ -66,11 +76,16 @@ func uniquePrefix() string {
 }
 
 // tables are the demo's data tables, in creation order.
-func (n names) tables() []string { return []string{n.accounts, n.applied} }
+func (n names) tables() []string { return []string{n.accounts, n.applied, n.outbox, n.history} }
 
-// keys are the demo's Redis keys; they share a hash tag, so one DEL removes
-// them on a cluster too.
-func (n names) keys() []string { return []string{n.stream, n.deadStream, n.ownerKey} }
+// allTables are the data tables and the marker table.
+func (n names) allTables() []string { return append([]string{n.marker}, n.tables()...) }
+
+// streams are the demo's streams; keys adds the marker key. They share a
+// hash tag, so one DEL removes them on a cluster too.
+func (n names) streams() []string { return []string{n.stream, n.deadStream, n.events, n.deadEvents} }
+
+func (n names) keys() []string { return append(n.streams(), n.ownerKey) }
 
 // errNotOurs is returned when a table or stream the demo would use exists
 // and was not created by it.
@@ -106,12 +121,14 @@ func (n names) claim(ctx context.Context, db *sql.DB, rdb rueidis.Client) error 
 	mark, err := rdb.Do(ctx, rdb.B().Get().Key(n.ownerKey).Build()).ToString()
 	switch {
 	case rueidis.IsRedisNil(err):
-		streams, err := rdb.Do(ctx, rdb.B().Exists().Key(n.stream, n.deadStream).Build()).AsInt64()
-		if err != nil {
-			return err
-		}
-		if streams > 0 {
-			return fmt.Errorf("stream %s or %s %w", n.stream, n.deadStream, errNotOurs)
+		for _, s := range n.streams() {
+			exists, err := rdb.Do(ctx, rdb.B().Exists().Key(s).Build()).AsInt64()
+			if err != nil {
+				return err
+			}
+			if exists > 0 {
+				return fmt.Errorf("stream %s %w", s, errNotOurs)
+			}
 		}
 	case err != nil: // a key of another type
 		return fmt.Errorf("key %s: %v: it %w", n.ownerKey, err, errNotOurs)
@@ -144,9 +161,14 @@ func (n names) existingTables(ctx context.Context, db *sql.DB) (map[string]strin
 		Name    string `db:"TABLE_NAME"`
 		Comment string `db:"TABLE_COMMENT"`
 	}
+	all := n.allTables()
+	args := make([]any, len(all))
+	for i, t := range all {
+		args[i] = t
+	}
 	rows, err := safesync.Select[table](ctx, db,
-		"SELECT TABLE_NAME, TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (?, ?, ?)",
-		n.marker, n.accounts, n.applied)
+		"SELECT TABLE_NAME, TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (?"+strings.Repeat(", ?", len(all)-1)+")",
+		args...)
 	if err != nil {
 		return nil, fmt.Errorf("look for the demo's tables: %w", err)
 	}

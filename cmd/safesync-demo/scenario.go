@@ -63,11 +63,15 @@ type scenario struct {
 	expected     int64                 // sum of all valid amounts
 	perAccount   map[int64]expectation // what each account must hold
 	malformedIDs map[string]string     // id -> kind
+	balances     safesync.OutboxWriter[balanceChanged]
 
 	started   time.Time
-	finished  time.Time
+	finished  time.Time // the orders settled
+	loopEnd   time.Time // everything settled (real servers)
+	phases    []phase   // in embedded mode: orders, relay, history
 	retries   atomic.Int64
 	committed atomic.Int64
+	relayed   atomic.Int64 // events the relay added to the events stream
 	pruned    atomic.Int64 // exactly-once records pruned (embedded mode)
 	crashedAt atomic.Int64 // entries the crashed worker left pending, -1 before
 
@@ -77,13 +81,14 @@ type scenario struct {
 }
 
 func newScenario(o options, n names, svc *services, m *safesync.Metrics, reg prometheus.Gatherer) *scenario {
-	sc := &scenario{o: o, n: n, svc: svc, metrics: m, registry: reg, perAccount: map[int64]expectation{}, malformedIDs: map[string]string{}, firstSeen: map[string]time.Time{}}
+	sc := &scenario{o: o, n: n, svc: svc, metrics: m, registry: reg, perAccount: map[int64]expectation{}, malformedIDs: map[string]string{}, firstSeen: map[string]time.Time{},
+		balances: safesync.ToOutbox[balanceChanged](n.outbox, n.events)}
 	sc.crashedAt.Store(-1)
 	return sc
 }
 
-// prepare claims the run's names (see owned.go), then creates the accounts
-// and exactly-once tables.
+// prepare claims the run's names (see owned.go), then creates the accounts,
+// exactly-once, outbox and history tables.
 func (sc *scenario) prepare(ctx context.Context) error {
 	db := sc.svc.db
 	if err := sc.n.claim(ctx, db, sc.svc.rdb); err != nil {
@@ -94,6 +99,9 @@ func (sc *scenario) prepare(ctx context.Context) error {
 		return fmt.Errorf("create %s: %w", sc.n.accounts, err)
 	}
 	if err := safesync.CreateDedupeTable(ctx, db, sc.n.applied); err != nil {
+		return err
+	}
+	if err := sc.createEventTables(ctx); err != nil {
 		return err
 	}
 	for id := 1; id <= sc.o.accounts; id++ {
@@ -143,7 +151,9 @@ func (sc *scenario) publishMalformed(ctx context.Context, n int) error {
 	return nil
 }
 
-// handler applies an order to its account with the chosen strategy.
+// handler applies an order to its account with the chosen strategy, and
+// publishes the account's new balance through the outbox in the same
+// transaction.
 func (sc *scenario) handler() safesync.TxHandler[order] {
 	apply := func(o order) func(account) (account, error) {
 		return func(a account) (account, error) {
@@ -164,16 +174,21 @@ func (sc *scenario) handler() safesync.TxHandler[order] {
 			return safesync.Permanent(fmt.Errorf("order %d: invalid amount or account", o.OrderID))
 		}
 		key := safesync.Key{"id": o.AccountID}
+		var a account
+		var err error
 		if sc.o.strategy == "rowlock" {
-			_, err := safesync.WithRowLock(sc.n.accounts, key, func(ctx context.Context, tx *safesync.Tx, a account) (struct{}, error) {
+			a, err = safesync.WithRowLock(sc.n.accounts, key, func(ctx context.Context, tx *safesync.Tx, a account) (account, error) {
 				a, _ = apply(o)(a)
 				_, err := tx.ExecContext(ctx, "UPDATE "+sc.n.accounts+" SET balance = ?, orders = ?, order_ids = ? WHERE id = ?", a.Balance, a.Orders, a.OrderIDs, a.ID)
-				return struct{}{}, err
+				return a, err
 			})(ctx, tx)
+		} else {
+			a, err = safesync.OCC(safesync.ReadVersioned[account](sc.n.accounts, key, "version"), apply(o))(ctx, tx)
+		}
+		if err != nil {
 			return err
 		}
-		_, err := safesync.OCC(safesync.ReadVersioned[account](sc.n.accounts, key, "version"), apply(o))(ctx, tx)
-		return err
+		return sc.publishBalance(ctx, tx, a, o)
 	}
 }
 
@@ -201,56 +216,6 @@ func (sc *scenario) config(worker int) safesync.StreamConfig {
 	}
 }
 
-// consume runs the workers until every entry is settled, crashing worker
-// 1 part of the way through, and prints progress every second.
-func (sc *scenario) consume(ctx context.Context) error {
-	policy := safesync.Exponential(2*time.Millisecond, 100*time.Millisecond).WithMaxAttempts(30).
-		WithMetrics(sc.metrics).WithOnRetry(func(safesync.RetryEvent) { sc.retries.Add(1) })
-	pipeline := func(h safesync.TxHandler[order]) safesync.Pipeline[order] {
-		return safesync.Stream(safesync.JSON[order]()).
-			Handle(h).
-			AckAfter(safesync.Commit(sc.svc.db, safesync.WithMetrics(sc.metrics), safesync.Label("demo"))).
-			Once(sc.n.applied).
-			Batch(sc.o.batch).
-			Retry(policy).
-			AfterCommit(sc.afterCommit)
-	}
-
-	runCtx, stopWorkers := context.WithCancel(ctx)
-	defer stopWorkers()
-	var wg sync.WaitGroup
-	errs := make(chan error, sc.o.workers)
-	sc.started = time.Now()
-	for w := 1; w <= sc.o.workers; w++ {
-		p, wctx := pipeline(sc.handler()), runCtx
-		if w == 1 && sc.o.crash {
-			var crash context.CancelFunc
-			wctx, crash = context.WithCancel(runCtx)
-			p = pipeline(sc.crashingHandler(crash))
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.Run(wctx, sc.svc.rdb, sc.config(w)); err != nil {
-				errs <- fmt.Errorf("worker-%d: %w", w, err)
-			}
-		}()
-	}
-	if sc.svc.embedded {
-		wg.Add(1)
-		go func() { defer wg.Done(); sc.prune(runCtx) }()
-	}
-	err := sc.waitUntilSettled(ctx)
-	sc.finished = time.Now()
-	stopWorkers()
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		err = errors.Join(err, e)
-	}
-	return err
-}
-
 // crashingHandler handles entries normally until a share of the stream has
 // been committed, then fails its current batch and stops its worker, the
 // way a killed process leaves its read entries pending.
@@ -270,46 +235,12 @@ func (sc *scenario) crashingHandler(crash context.CancelFunc) safesync.TxHandler
 	}
 }
 
-func (sc *scenario) waitUntilSettled(ctx context.Context) error {
-	deadline := time.After(sc.o.timeout)
-	// Check often, so that the run ends soon after its last commit; print
-	// progress every second.
-	check := time.NewTicker(200 * time.Millisecond)
-	defer check.Stop()
-	lastPrint := time.Now()
-	total := int64(sc.o.messages)
-	for {
-		applied, pending, dead, err := sc.progress(ctx)
-		if err != nil {
-			return err
-		}
-		if applied == total && dead == int64(sc.o.malformed) && pending == 0 {
-			fmt.Printf("  %6.1fs  all %d orders applied, %d dead letters, nothing pending\n", time.Since(sc.started).Seconds(), applied, dead)
-			return nil
-		}
-		if time.Since(lastPrint) >= time.Second {
-			lastPrint = time.Now()
-			rate := float64(applied) / time.Since(sc.started).Seconds()
-			fmt.Printf("  %6.1fs  applied %6d/%d  pending %5d  dead letters %d  %7.0f orders/s\n", time.Since(sc.started).Seconds(), applied, total, pending, dead, rate)
-		}
-		sc.noteCrash(ctx)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline:
-			fmt.Printf("timed out after %v: %d/%d applied, %d pending, %d dead letters\n", sc.o.timeout, applied, total, pending, dead)
-			return nil // verify reports what failed
-		case <-check.C:
-		}
-	}
-}
-
 // noteCrash prints, once, how many entries the crashed worker left.
 func (sc *scenario) noteCrash(ctx context.Context) {
 	if !sc.o.crash || sc.crashedAt.Load() >= 0 || sc.committed.Load() < int64(sc.o.messages/4) {
 		return
 	}
-	left, err := sc.pendingOf(ctx, "worker-1")
+	left, err := sc.pendingOf(ctx, sc.n.stream, sc.n.group, "worker-1")
 	if err != nil || left == 0 {
 		return
 	}
@@ -317,14 +248,14 @@ func (sc *scenario) noteCrash(ctx context.Context) {
 	fmt.Printf("  worker-1 crashed mid-batch: %d entries left pending under its name; the other workers reclaim them once idle for 2s\n", left)
 }
 
-// progress reads how far the run is: orders applied (as counted in the
-// accounts), entries pending in the group, dead letters.
-func (sc *scenario) progress(ctx context.Context) (applied, pending, dead int64, err error) {
+// orderProgress reads how far the orders are: orders applied (as counted
+// in the accounts), entries pending in the group, dead letters.
+func (sc *scenario) orderProgress(ctx context.Context) (applied, pending, dead int64, err error) {
 	applied, err = safesync.Get[int64](ctx, sc.svc.db, "SELECT COALESCE(SUM(orders), 0) FROM "+sc.n.accounts)
 	if err != nil {
 		return
 	}
-	if pending, err = sc.pendingOf(ctx, ""); err != nil {
+	if pending, err = sc.pendingOf(ctx, sc.n.stream, sc.n.group, ""); err != nil {
 		return
 	}
 	rdb := sc.svc.rdb
@@ -335,8 +266,10 @@ func (sc *scenario) progress(ctx context.Context) (applied, pending, dead int64,
 // pruneWindow is how old an exactly-once record must be before the demo
 // prunes it in embedded mode. No entry of the demo can be redelivered
 // after its transaction committed (a commit is always followed by its
-// acknowledgement to the in-process Redis), so the window only needs to
-// outlast the transactions in flight.
+// acknowledgement to the in-process Redis), and in embedded mode the relay
+// has finished, without a crash, before the history pipeline starts (no
+// event comes twice), so the window only needs to outlast the
+// transactions in flight.
 const pruneWindow = 5 * time.Second
 
 // prune keeps the exactly-once table short in embedded mode, where the
@@ -358,11 +291,11 @@ func (sc *scenario) prune(ctx context.Context) {
 	}
 }
 
-// pendingOf counts the group's pending entries, of one consumer if named,
-// from the summary form of XPENDING.
-func (sc *scenario) pendingOf(ctx context.Context, consumer string) (int64, error) {
+// pendingOf counts the pending entries of group on stream, of one consumer
+// if named, from the summary form of XPENDING.
+func (sc *scenario) pendingOf(ctx context.Context, stream, group, consumer string) (int64, error) {
 	rdb := sc.svc.rdb
-	summary, err := rdb.Do(ctx, rdb.B().Xpending().Key(sc.n.stream).Group(sc.n.group).Build()).ToArray()
+	summary, err := rdb.Do(ctx, rdb.B().Xpending().Key(stream).Group(group).Build()).ToArray()
 	if err != nil {
 		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "NOGROUP") {
 			return 0, nil
@@ -370,7 +303,7 @@ func (sc *scenario) pendingOf(ctx context.Context, consumer string) (int64, erro
 		return 0, err
 	}
 	if len(summary) != 4 {
-		return 0, fmt.Errorf("XPENDING %s %s: %d fields in the reply, want 4", sc.n.stream, sc.n.group, len(summary))
+		return 0, fmt.Errorf("XPENDING %s %s: %d fields in the reply, want 4", stream, group, len(summary))
 	}
 	if consumer == "" {
 		return summary[0].AsInt64()
