@@ -199,7 +199,7 @@ func HandleTxJSON[T any](tb testing.TB, db *sql.DB, h safesync.TxHandler[T], val
 				}
 				return err
 			}).
-			AckAfter(safesync.Commit(db, safesync.WithMetrics(cfg.Metrics))).
+			AckAfter(safesync.Commit(db)). // cfg.Metrics reaches the transactions too
 			AfterCommit(func(_ context.Context, msgs []safesync.Message[T]) {
 				for _, m := range msgs {
 					record(m, nil)

@@ -111,20 +111,44 @@ func readAccount(id int64) safesync.TxFunc[safesync.Versioned[Account]] {
 }
 
 // Credit adds amount to an account in its own transaction, retried while
-// the optimistic update conflicts.
+// the optimistic update conflicts. Outside a pipeline, the transaction and
+// the retries record in m.
 func Credit(db *sql.DB, policy safesync.RetryPolicy, m *safesync.Metrics, id, amount int64) safesync.Func[Account] {
 	add := func(a Account) (Account, error) { a.Balance += amount; return a, nil }
-	return safesync.Retry(policy, safesync.WithTx(db, safesync.OCC(readAccount(id), add), safesync.WithMetrics(m), safesync.Label("credit")))
+	return safesync.Retry(policy.WithMetrics(m), safesync.WithTx(db, safesync.OCC(readAccount(id), add), safesync.WithMetrics(m), safesync.Label("credit")))
 }
 
-// Pipeline is the worker's stream → database pipeline.
-func Pipeline(db *sql.DB, policy safesync.RetryPolicy, m *safesync.Metrics) safesync.Pipeline[Order] {
+// Pipeline is the worker's stream → database pipeline. Its metrics are
+// given once, in StreamConfig.Metrics, which also reaches its transactions
+// and its retries.
+func Pipeline(db *sql.DB, policy safesync.RetryPolicy) safesync.Pipeline[Order] {
 	return safesync.Stream(safesync.JSON[Order]()).
 		Handle(ApplyOrder).
-		AckAfter(safesync.Commit(db, safesync.WithMetrics(m), safesync.Label("order"))).
+		AckAfter(safesync.Commit(db, safesync.Label("order"))).
 		Once(AppliedTable).
 		Retry(policy).
-		OrderBy(func(msg safesync.Message[Order]) string { return strconv.FormatInt(msg.Value.AccountID, 10) })
+		OrderBy(safesync.OrderKey(func(msg safesync.Message[Order]) int64 { return msg.Value.AccountID }))
+}
+
+// ConsumerName is the default consumer name: the pod's name on Kubernetes
+// (POD_NAME, from the downward API), else the host name and WORKER_INDEX,
+// else the host name and the process id. A name must be unique among the
+// processes running at once: a second live process with the name of
+// another fails at start with safesync.ErrConsumerNameInUse, so the host
+// name alone fails as soon as a host runs two workers. A name that stays
+// the same across restarts (the pod's, or host and index) lets a restarted
+// worker re-read at once what it left pending; under a new name (a new
+// process id) those entries wait until another consumer claims them after
+// ClaimIdle.
+func ConsumerName() string {
+	if pod := os.Getenv("POD_NAME"); pod != "" {
+		return pod
+	}
+	host, _ := os.Hostname()
+	if i := os.Getenv("WORKER_INDEX"); i != "" {
+		return host + "-" + i
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
 }
 
 func main() {
@@ -132,8 +156,7 @@ func main() {
 	addr := flag.String("redis", "127.0.0.1:6379", "Redis address")
 	stream := flag.String("stream", "orders", "stream of orders")
 	listen := flag.String("listen", "127.0.0.1:9090", "address of /metrics and /credit")
-	host, _ := os.Hostname()
-	consumer := flag.String("consumer", host, "consumer name: stable across restarts, unique among running workers")
+	consumer := flag.String("consumer", ConsumerName(), "consumer name: unique among running workers, best stable across restarts (default: $POD_NAME, else host-$WORKER_INDEX, else host-pid)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	// SIGTERM (docker stop, Kubernetes) and Ctrl-C end ctx: Run stops
@@ -171,7 +194,7 @@ func run(ctx context.Context, log *slog.Logger, dsn, addr, stream, consumer, lis
 	if err != nil {
 		return err
 	}
-	policy := safesync.Backoff(5*time.Millisecond, 20).WithMetrics(metrics)
+	policy := safesync.Backoff(5*time.Millisecond, 20)
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -198,7 +221,7 @@ func run(ctx context.Context, log *slog.Logger, dsn, addr, stream, consumer, lis
 	defer srv.Close()
 
 	log.Info("orders-worker started", "stream", stream, "consumer", consumer, "listen", listen)
-	return Pipeline(db, policy, metrics).Run(ctx, rdb, safesync.StreamConfig{
+	return Pipeline(db, policy).Run(ctx, rdb, safesync.StreamConfig{
 		Stream: stream, Group: "orders-worker", Consumer: consumer,
 		Concurrency: 4, Logger: log, Metrics: metrics,
 	})

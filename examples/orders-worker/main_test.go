@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -98,7 +99,7 @@ func TestTwoWorkersApplyEveryOrderOnce(t *testing.T) {
 	publish(t, rdb, stream, Order{OrderID: n + 2, AccountID: 1, SKU: "gold", Quantity: 1, Amount: 1})  // unknown sku
 
 	metrics, reg := safesynctest.NewMetrics(t)
-	policy := safesync.Backoff(2*time.Millisecond, 50).WithMetrics(metrics)
+	policy := safesync.Backoff(2*time.Millisecond, 50)
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
@@ -106,7 +107,7 @@ func TestTwoWorkersApplyEveryOrderOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- Pipeline(db, policy, metrics).Run(runCtx, rdb, safesync.StreamConfig{
+			errs <- Pipeline(db, policy).Run(runCtx, rdb, safesync.StreamConfig{
 				Stream: stream, Group: "orders-worker", Consumer: consumer, Concurrency: 4, Metrics: metrics,
 			})
 		}()
@@ -152,6 +153,11 @@ func TestTwoWorkersApplyEveryOrderOnce(t *testing.T) {
 	if acked := safesynctest.MetricValue(t, reg, "coti_safesync_queue_messages_ack_total", map[string]string{"stream": stream}); acked < n {
 		t.Errorf("%v entries acknowledged in the metrics, want at least %d", acked, n)
 	}
+	// The metrics were given once, in StreamConfig: they reach the
+	// pipeline's transactions too.
+	if commits := safesynctest.MetricValue(t, reg, "coti_safesync_db_transactions_total", map[string]string{"label": "order", "outcome": "commit"}); commits < 1 {
+		t.Errorf("%v order transactions committed in the metrics given to StreamConfig, want some", commits)
+	}
 	if p := safesynctest.Pending(t, rdb, stream, "orders-worker"); len(p) != 0 {
 		t.Errorf("%d entries pending", len(p))
 	}
@@ -164,7 +170,7 @@ func TestConcurrentCreditsAllLand(t *testing.T) {
 	db, _, _, _ := services(t)
 	mustExec(t, db, "INSERT INTO accounts (id, balance) VALUES (1, 0)")
 	metrics, reg := safesynctest.NewMetrics(t)
-	policy := safesync.Backoff(time.Millisecond, 100).WithMetrics(metrics)
+	policy := safesync.Backoff(time.Millisecond, 100)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -230,4 +236,24 @@ func get[T any](t *testing.T, db *sql.DB, query string) T {
 		t.Fatal(err)
 	}
 	return v
+}
+
+func TestConsumerNameIsThePodsElseHostAndIndexElseHostAndPid(t *testing.T) {
+	host, _ := os.Hostname()
+	cases := []struct {
+		name, pod, index, want string
+	}{
+		{"on Kubernetes", "orders-worker-7d9f-x2k4q", "3", "orders-worker-7d9f-x2k4q"},
+		{"several workers on a host", "", "3", host + "-3"},
+		{"nothing set", "", "", host + "-" + strconv.Itoa(os.Getpid())},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("POD_NAME", c.pod)
+			t.Setenv("WORKER_INDEX", c.index)
+			if got := ConsumerName(); got != c.want {
+				t.Errorf("ConsumerName() = %q, want %q", got, c.want)
+			}
+		})
+	}
 }
