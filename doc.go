@@ -80,6 +80,9 @@
 // PublishJSON writes the original framework's wire format (one field
 // "data" holding a JSON object), so Go and Python workers share streams
 // and groups.
+// A consumer's name is one running process's own (a pod name, or a host
+// and a worker index, never the host alone): a second live process with
+// the same name fails at start with ErrConsumerNameInUse.
 //
 // # Redis Cluster and partitions
 //
@@ -100,12 +103,12 @@
 // applies many entries per transaction without letting one bad entry
 // poison the rest:
 //
-//	err := safesync.Stream[Order](safesync.JSON[Order]()).
+//	err := safesync.Stream(safesync.JSON[Order]()).
 //		Handle(applyOrder). // func(ctx, *Tx, Message[Order]) error
 //		AckAfter(safesync.Commit(db)).
 //		Once("safesync_applied").
 //		Batch(100).
-//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: host})
+//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: podName})
 //
 // # Outbox: from the database into a stream
 //

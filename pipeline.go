@@ -29,12 +29,13 @@ type Source[T any] struct {
 // Stream begins a typed pipeline over stream entries decoded with decode
 // (JSON[T]() for the original framework's wire format):
 //
-//	err := safesync.Stream[Order](safesync.JSON[Order]()).
+//	err := safesync.Stream(safesync.JSON[Order]()).
 //		Handle(applyOrder).
 //		AckAfter(safesync.Commit(db)).
-//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "workers", Consumer: host})
+//		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "workers", Consumer: podName})
 //
-// Stream panics if decode is nil.
+// podName stands for a name unique to the running process (see
+// StreamConfig.Consumer). Stream panics if decode is nil.
 func Stream[T any](decode Decoder[T]) Source[T] {
 	if decode == nil {
 		panic("safesync: Stream with nil Decoder")
