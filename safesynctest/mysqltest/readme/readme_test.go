@@ -75,13 +75,18 @@ func main() {
 	}
 	go http.ListenAndServe(":9090", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
-	host, _ := os.Hostname() // the consumer's name: stable across restarts, one per running worker
+	// The consumer's name: one per running process. A second live process
+	// with the same name fails at start (ErrConsumerNameInUse), so the host
+	// name alone fails once a host runs two workers. The pod's name (from
+	// the downward API) is unique and survives a restart, so a restarted
+	// worker re-reads at once what it left pending.
+	consumer := os.Getenv("POD_NAME")
 	err = safesync.Stream(safesync.JSON[Order]()).
 		Handle(applyOrder).
-		AckAfter(safesync.Commit(db, safesync.WithMetrics(metrics))).
+		AckAfter(safesync.Commit(db)).
 		Once("safesync_applied").
-		Retry(safesync.Backoff(5*time.Millisecond, 20).WithMetrics(metrics)).
-		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: host, Metrics: metrics})
+		Retry(safesync.Backoff(5*time.Millisecond, 20)).
+		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: consumer, Metrics: metrics})
 	if err != nil {
 		log.Fatal(err)
 	}
