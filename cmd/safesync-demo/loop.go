@@ -62,6 +62,15 @@ func (sc *scenario) consume(ctx context.Context) error {
 		WithOnRetry(func(safesync.RetryEvent) { sc.retries.Add(1) })
 	deadline := time.Now().Add(sc.o.timeout)
 	sc.started = time.Now()
+	defer func() { // a run cut short still reports its times
+		now := time.Now()
+		if sc.finished.IsZero() {
+			sc.finished = now
+		}
+		if sc.loopEnd.IsZero() {
+			sc.loopEnd = now
+		}
+	}()
 
 	if !sc.svc.embedded {
 		fmt.Println("orders → accounts + outbox → relay → events → history, side by side:")

@@ -119,7 +119,11 @@ func (sc *scenario) report(w io.Writer, r results) {
 	row("OCC conflicts", fmt.Sprintf("%.0f", conflicts))
 	row("entries reclaimed", fmt.Sprintf("%.0f", claimed))
 	row("dead letters", fmt.Sprintf("%.0f", deadLetters))
-	row("events", fmt.Sprintf("%d relayed in %.0f batches, applied to history by 1 worker, in order per account", sc.relayed.Load(), sc.counter("coti_safesync_outbox_relay_batches_total")))
+	batches := "batches"
+	if n := sc.counter("coti_safesync_outbox_relay_batches_total"); n == 1 {
+		batches = "batch"
+	}
+	row("events", fmt.Sprintf("%d relayed in %.0f %s, applied to history by 1 worker, in order per account", sc.relayed.Load(), sc.counter("coti_safesync_outbox_relay_batches_total"), batches))
 	if len(sc.phases) > 0 {
 		var parts []string
 		for _, p := range sc.phases {
