@@ -121,6 +121,11 @@ type Operation struct {
 	// Start is when the operation began, when that was before Tracer.Start
 	// was called; zero means now.
 	Start time.Time
+	// Parent, when not nil, carries the span the operation is a child of,
+	// in place of ctx's: a handler runs under the consumer's ctx, but its
+	// span belongs under the read that returned its entry. The ctx returned
+	// by Start keeps ctx's values and cancellation.
+	Parent context.Context
 	// Links are contexts whose spans the operation relates to without
 	// being their child.
 	Links []context.Context

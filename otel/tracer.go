@@ -127,6 +127,9 @@ func (t *Tracer) Start(ctx context.Context, op safesync.Operation) (context.Cont
 			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
 	}
+	if op.Parent != nil {
+		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(op.Parent))
+	}
 	ctx, s := t.tracer.Start(ctx, name, opts...)
 	return ctx, span{s}
 }

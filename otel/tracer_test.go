@@ -117,6 +117,24 @@ func TestStreamOperationsFollowTheMessagingConventions(t *testing.T) {
 	}
 }
 
+func TestParentPutsTheSpanUnderAnotherSpanKeepingCtx(t *testing.T) {
+	tr, exp := newTracer(t)
+	readCtx, read := tr.Start(context.Background(), safesync.Operation{Kind: safesync.OpRead, Name: "orders"})
+	read.End(nil)
+	type key struct{}
+	handlerCtx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "run"))
+	ctx, handle := tr.Start(handlerCtx, safesync.Operation{Kind: safesync.OpHandle, Name: "orders", Parent: readCtx})
+	handle.End(nil)
+	cancel()
+	spans := exp.GetSpans()
+	if spans[1].Parent.SpanID() != spans[0].SpanContext.SpanID() {
+		t.Errorf("handle's parent %v, want the read span %v", spans[1].Parent.SpanID(), spans[0].SpanContext.SpanID())
+	}
+	if ctx.Value(key{}) != "run" || ctx.Err() == nil {
+		t.Error("the handle span's ctx lost the handler ctx's values or cancellation")
+	}
+}
+
 func TestTheConventionsKeysAreTheSemconvPackages(t *testing.T) {
 	// The keys the tests above spell out are those of the semconv version
 	// this module uses.
