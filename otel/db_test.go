@@ -67,7 +67,7 @@ func TestARetryUnderConflictShowsEachAttemptOnMariaDB(t *testing.T) {
 	if got := tree(spans, "safesync.retry.attempts", "safesync.tx.attempt", "safesync.tx.outcome", "db.collection.name"); got != want {
 		t.Errorf("spans:\n%s\nwant:\n%s", got, want)
 	}
-	t.Logf("trace of a retry under conflict:\n%s", tree(spans, "safesync.tx.attempt", "safesync.tx.outcome", "error.type"))
+	t.Logf("trace of a retry under conflict:\n%s", waterfall(rowsOf(spans, ""), 40))
 
 	retry := named(spans, "retry")[0]
 	ev := retry.Events[0]

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	_ "github.com/go-sql-driver/mysql"
 	"github.com/safesync-go/safesync"
@@ -158,4 +159,66 @@ func named(spans tracetest.SpanStubs, name string) tracetest.SpanStubs {
 		}
 	}
 	return out
+}
+
+// waterfallRow is a span to draw.
+type waterfallRow struct {
+	process, name, id, parent string
+	start, end                time.Time
+	note                      string // after the name: events, failure
+}
+
+// waterfall draws rows as a viewer's timeline: each span under its parent,
+// a bar of width columns for the trace's duration, and its own duration.
+func waterfall(rows []waterfallRow, width int) string {
+	slices.SortFunc(rows, func(a, b waterfallRow) int { return a.start.Compare(b.start) })
+	first, last := rows[0].start, rows[0].end
+	for _, r := range rows {
+		if r.end.After(last) {
+			last = r.end
+		}
+	}
+	total := last.Sub(first)
+	ids := map[string]bool{}
+	for _, r := range rows {
+		ids[r.id] = true
+	}
+	var b strings.Builder
+	var walk func(parent string, depth int)
+	walk = func(parent string, depth int) {
+		for _, r := range rows {
+			if (parent == "" && ids[r.parent]) || (parent != "" && r.parent != parent) {
+				continue
+			}
+			from := int(float64(width) * float64(r.start.Sub(first)) / float64(total))
+			to := max(from+1, int(float64(width)*float64(r.end.Sub(first))/float64(total)))
+			bar := strings.Repeat(" ", from) + strings.Repeat("█", min(to, width)-from) + strings.Repeat(" ", width-min(to, width))
+			label := strings.Repeat("  ", depth) + stable(r.name) + r.note
+			if r.process != "" {
+				fmt.Fprintf(&b, "%-9s ", r.process)
+			}
+			fmt.Fprintf(&b, "%-44s │%s│ %8s\n", label, bar, r.end.Sub(r.start).Round(10*time.Microsecond))
+			walk(r.id, depth+1)
+		}
+	}
+	walk("", 0)
+	return b.String()
+}
+
+// rowsOf returns spans as waterfall rows of process.
+func rowsOf(spans tracetest.SpanStubs, process string) []waterfallRow {
+	rows := make([]waterfallRow, len(spans))
+	for i, s := range spans {
+		var note strings.Builder
+		for _, e := range s.Events {
+			if e.Name != "exception" {
+				note.WriteString(" [" + e.Name + "]")
+			}
+		}
+		if s.Status.Code == 1 { // codes.Error
+			note.WriteString(" !")
+		}
+		rows[i] = waterfallRow{process, s.Name, s.SpanContext.SpanID().String(), s.Parent.SpanID().String(), s.StartTime, s.EndTime, note.String()}
+	}
+	return rows
 }
