@@ -4,31 +4,44 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // maxAckBatch bounds the ids of one XACK sent by an acker.
 const maxAckBatch = 512
 
-// acker acknowledges the entries whose handlers succeeded, for Run and
-// ClaimStale. Workers hand it the ids they finished in bursts; one
-// goroutine sends them as XACKs, merging the bursts that arrived while the
-// previous XACK was in flight, so that under load one XACK covers many
-// entries (as a hand-written loop that acknowledges a read batch at once
-// does) and is sent while handling goes on, and when idle an entry is
-// acknowledged as soon as its handler returns.
+// acker acknowledges the entries whose handlers succeeded, for Run,
+// ClaimStale and pipelines. Workers hand it the ids they finished in
+// bursts; one goroutine sends them as XACKs, merging the bursts that
+// arrived while the previous XACK was in flight, so that under load one
+// XACK covers many entries (as a hand-written loop that acknowledges a
+// read batch at once does) and is sent while handling goes on, and when
+// idle an entry is acknowledged as soon as its handler returns.
+//
+// An XACK that fails because Redis cannot be reached (a lost connection, a
+// server loading or failing over) is sent again, with backoff, until it
+// succeeds or Run ends: the entries stay held meanwhile, so that this
+// consumer does not run them again, and an outage of Redis does not make
+// committed work run twice. An XACK Redis refuses (NOPERM, say), or one
+// still failing when Run ends, is counted, reported by Run and its entries
+// stay pending.
 type acker struct {
 	core *streamCore
 	ctx  context.Context // values of Run's ctx, without its cancellation
-	ids  chan []string
-	done chan struct{}
+	// settle is called with the ids of each XACK once it succeeded
+	// (acked) or failed for good.
+	settle func(ids []string, acked bool)
+	report func(err error) // told of XACKs failing for want of Redis
+	ids    chan []string
+	done   chan struct{}
 
 	mu       sync.Mutex
 	failures int
 	lastErr  error
 }
 
-func newAcker(core *streamCore, ctx context.Context) *acker {
-	a := &acker{core: core, ctx: ctx, ids: make(chan []string, 64), done: make(chan struct{})}
+func newAcker(core *streamCore, ctx context.Context, settle func(ids []string, acked bool), report func(err error)) *acker {
+	a := &acker{core: core, ctx: ctx, settle: settle, report: report, ids: make(chan []string, 64), done: make(chan struct{})}
 	go a.loop()
 	return a
 }
@@ -40,32 +53,93 @@ func (a *acker) add(ids []string) { a.ids <- ids }
 
 func (a *acker) loop() {
 	defer close(a.done)
-	batch := make([]string, 0, maxAckBatch)
-	for ids := range a.ids {
-		batch = append(batch[:0], ids...)
+	var pending []string // waiting for an XACK that succeeds
+	var b readBackoff
+	open := true
+	for open || len(pending) > 0 {
+		if len(pending) == 0 {
+			ids, ok := <-a.ids
+			if !ok {
+				return
+			}
+			pending = append(pending, ids...)
+		}
 	merge:
-		for len(batch) < maxAckBatch {
+		for open && len(pending) < maxAckBatch {
 			select {
 			case more, ok := <-a.ids:
 				if !ok {
+					open = false
 					break merge
 				}
-				batch = append(batch, more...)
+				pending = append(pending, more...)
 			default:
 				break merge
 			}
 		}
+		batch := pending[:min(len(pending), maxAckBatch)]
 		ctx, cancel := context.WithTimeout(a.ctx, ackTimeout)
 		_, err := a.core.ack(ctx, a.core.cfg.Stream, a.core.cfg.Group, batch)
 		cancel()
+		if err != nil && retryable(err) && open {
+			a.report(err)
+			a.core.log.Warn("safesync: acknowledgement failed; sending it again", "entries", len(batch), "error", err)
+			if a.wait(&b, &pending, &open) {
+				continue
+			}
+			// Run ends: one last try of everything below.
+			ctx, cancel := context.WithTimeout(a.ctx, ackTimeout)
+			_, err = a.core.ack(ctx, a.core.cfg.Stream, a.core.cfg.Group, batch)
+			cancel()
+		}
+		b.reset()
 		if err != nil {
 			a.failed(err)
+		}
+		a.settle(batch, err == nil)
+		pending = append(pending[:0], pending[len(batch):]...)
+	}
+}
+
+// wait waits for the backoff before an XACK is sent again, taking in ids
+// queued meanwhile. It reports false when the queue was closed (Run
+// ends) instead.
+func (a *acker) wait(b *readBackoff, pending *[]string, open *bool) bool {
+	if b.d == 0 {
+		b.d = probeMin
+	} else {
+		b.d = min(2*b.d, probeMax)
+	}
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case more, ok := <-a.ids:
+			if !ok {
+				*open = false
+				return false
+			}
+			*pending = append(*pending, more...)
 		}
 	}
 }
 
-// failed records an acknowledgement that failed elsewhere (sent with a
-// read), so that Run reports it. It is called by the reader only.
+// retryOrFail settles ids whose XACK, sent with a read, failed with err:
+// sent again by the acker when Redis could not be reached, else counted
+// as failed and released. It is called by the reader only.
+func (a *acker) retryOrFail(ids []string, err error) {
+	if len(ids) > 0 && retryable(err) {
+		a.add(ids)
+		return
+	}
+	a.failed(err)
+	a.settle(ids, false)
+}
+
+// failed records an acknowledgement that failed for good, so that Run
+// reports it.
 func (a *acker) failed(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -6,15 +6,22 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
 
 // Handler handles one entry. Returning nil acknowledges it. Returning an
-// error leaves it pending, to be redelivered by reclaim until it exceeds
-// MaxDeliveries, unless the error matches ErrPermanent (see Permanent):
-// then the entry is dead-lettered at once. A panic is recovered, counted in
-// handler_panics_total and treated like an error.
+// error leaves it pending, to be redelivered by reclaim; an error of its
+// own counts towards MaxDeliveries, and the one that reaches it
+// dead-letters the entry with the error's text. An error matching
+// ErrPermanent (see Permanent) dead-letters it at once. A panic is
+// recovered, counted in handler_panics_total, and counts as an error of
+// its own. An error that says a server could not be used (a network
+// error, a lost or refused database connection, an unknown commit
+// outcome, a Redis that is loading or failing over, ErrOutage) or that a
+// conflict outlasted its retries does not count: see
+// StreamConfig.MaxDeliveries; repeated ones pause the consumer (see Run).
 //
 // A handler may acknowledge its entry itself, with Consumer.Ack (in a
 // transaction's after-commit hook, say); the consumer's own acknowledgement
@@ -25,9 +32,12 @@ type Handler[T any] func(ctx context.Context, msg Message[T]) error
 // order. It owns their acknowledgement: it calls Consumer.Ack for the
 // entries it finished (typically after committing their effects) and
 // Consumer.DeadLetter for those it gives up on. Entries it neither acked nor
-// dead-lettered stay pending. Returning an error matching ErrPermanent
-// dead-letters those entries at once; a panic is recovered, counted, and
-// leaves them pending.
+// dead-lettered stay pending. When it returns an error, each of those
+// entries has the failure as its own, as for Handler (an error matching
+// ErrPermanent dead-letters them at once; an outage counts for none): a
+// batch handler that knows which entry is at fault dead-letters it, or
+// acknowledges the others, before returning. A panic is recovered,
+// counted, and is an error of each entry left.
 type BatchHandler[T any] func(ctx context.Context, msgs []Message[T]) error
 
 // ConsumerOption configures NewConsumer.
@@ -63,6 +73,19 @@ type Consumer[T any] struct {
 	nextMu  sync.Mutex
 	buf     []Message[T]
 	bufErrs error
+
+	outage atomic.Pointer[outage] // of the latest Run, RunBatch or ClaimStale
+}
+
+// Ready returns nil unless the consumer's Run (or RunBatch, ClaimStale,
+// pipeline) is paused by an outage now; then an error matching ErrPaused
+// names the failure. See StreamConfig.Readiness for a value that serves
+// pipelines, which hold no Consumer.
+func (c *Consumer[T]) Ready() error {
+	if o := c.outage.Load(); o != nil {
+		return o.err()
+	}
+	return nil
 }
 
 // NewConsumer returns a Consumer of cfg.Stream as cfg.Consumer in cfg.Group
@@ -92,10 +115,10 @@ func (c *Consumer[T]) Config() StreamConfig { return c.core.cfg }
 
 // Read returns the next entries for this consumer, at most Count: first the
 // entries still pending under its name from an earlier run, then new ones,
-// waiting up to Block (or until shortly before ctx's deadline) for them. It
-// returns an empty slice when none arrived. Entries that cannot be decoded
-// or have exceeded MaxDeliveries are dead-lettered, not returned; a failure
-// to dead-letter one is returned along with the others.
+// waiting up to Block (or until ctx's deadline) for them. It returns an
+// empty slice when none arrived. Entries that cannot be decoded or have
+// failed MaxDeliveries times (under Run) are dead-lettered, not returned;
+// a failure to dead-letter one is returned along with the others.
 //
 // ctx governs the read; cancelling it returns at once with ctx's error.
 // Nothing is acknowledged: call Ack after handling each entry.
@@ -168,7 +191,8 @@ func (c *Consumer[T]) Messages(ctx context.Context) iter.Seq2[Message[T], error]
 }
 
 // Ack acknowledges msgs (XACK), one command per stream and group among
-// them, and counts them in messages_ack_total. A failure is counted in
+// them, and counts them in messages_ack_total; the failure records of
+// those delivered before go with them. A failure is counted in
 // ack_failures_total and returned; the entries it concerns stay pending.
 // Acknowledging an entry that is no longer pending does nothing. ctx
 // governs the commands. Ack is safe for concurrent use.
@@ -202,37 +226,54 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 			errs = append(errs, err)
 			continue
 		}
+		var recorded []string
 		for _, m := range msgs {
-			if m.batch != nil && m.Stream == t.stream && m.Group == t.group {
+			if m.Stream == t.stream && m.Group == t.group {
 				m.batch.markHandled(m.index)
+				if m.Deliveries > 1 && t.stream == t.core.cfg.Stream && t.group == t.core.cfg.Group {
+					recorded = append(recorded, m.ID)
+				}
 			}
 		}
+		// A redelivered entry may have a failure record: it goes too. A
+		// record left behind is harmless.
+		_ = t.core.fails.forget(ctx, recorded)
 	}
 	return errors.Join(errs...)
 }
 
 // DeadLetter moves msg to the dead-letter stream with reason, as the
 // consumer itself does: it adds a copy of the entry's fields with its
-// stream, group, id, reason and delivery count to DeadLetterStream and
-// acknowledges the original, in one MULTI/EXEC (see StreamConfig's
-// DeadLetterStream for Redis Cluster). reason becomes a metric label: use
-// a fixed string such as DeadLetterHandler, never data. ctx governs the
-// commands. It is safe for concurrent use.
+// stream, group, id, reason, delivery count, the consumer's name and what
+// is known of its own failures (count, first and last time) to
+// DeadLetterStream, acknowledges the original and removes its failure
+// record, in one MULTI/EXEC (see StreamConfig's DeadLetterStream for
+// Redis Cluster). reason becomes a metric label: use a fixed string such
+// as DeadLetterHandler, never data. ctx governs the commands. It is safe
+// for concurrent use.
 func (c *Consumer[T]) DeadLetter(ctx context.Context, msg Message[T], reason string) error {
 	return c.deadLetter(ctx, msg, reason, nil)
 }
 
 func (c *Consumer[T]) deadLetter(ctx context.Context, msg Message[T], reason string, cause error) error {
+	return c.moveToDeadLetter(ctx, msg, reason, cause, msg.entry().withRecord(msg.rec))
+}
+
+// moveToDeadLetter moves msg, described by e, to its dead-letter stream.
+func (c *Consumer[T]) moveToDeadLetter(ctx context.Context, msg Message[T], reason string, cause error, e deadLetterEntry) error {
 	if reason == "" {
 		return errors.New("safesync: DeadLetter with empty reason")
 	}
-	err := c.coreOf(msg.part, msg.Stream).moveToDeadLetter(ctx, deadLetterEntry{
-		stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries,
-	}, reason, cause)
+	err := c.coreOf(msg.part, msg.Stream).moveToDeadLetter(ctx, e, reason, cause)
 	if err == nil {
 		msg.batch.markHandled(msg.index)
 	}
 	return err
+}
+
+// entry returns what a dead letter records of msg.
+func (msg *Message[T]) entry() deadLetterEntry {
+	return deadLetterEntry{stream: msg.Stream, group: msg.Group, id: msg.ID, fields: msg.Fields, deliveries: msg.Deliveries}
 }
 
 // coreOf returns the stream core of partition part when it reads stream,
@@ -253,11 +294,13 @@ func (c *Consumer[T]) read(ctx context.Context, count int) ([]Message[T], error)
 	return c.prepare(ctx, 0, raws, nil)
 }
 
-// prepare turns raw entries of partition part into messages. Entries past
-// MaxDeliveries and entries that cannot be decoded are dead-lettered
-// instead; failures to do so are returned joined, and those entries stay
-// pending. into, when it has room, receives the messages instead of a new
-// slice.
+// prepare turns raw entries of partition part into messages. Entries that
+// have failed MaxDeliveries times for their own reasons and entries that
+// cannot be decoded are dead-lettered instead; failures to do so are
+// returned joined, and those entries stay pending. into, when it has room,
+// receives the messages instead of a new slice. An entry whose record
+// holds the marker of an attempt of another run that never ended is to be
+// run alone (isolate).
 func (c *Consumer[T]) prepare(ctx context.Context, part int, raws rawEntries, into []Message[T]) ([]Message[T], error) {
 	if raws.len() == 0 {
 		return nil, nil
@@ -271,21 +314,30 @@ func (c *Consumer[T]) prepare(ctx context.Context, part int, raws rawEntries, in
 	var errs []error
 	for i, x := range raws.xs {
 		deliveries := raws.delivered(i)
+		rec := raws.record(i)
 		dead := deadLetterEntry{stream: cfg.Stream, group: cfg.Group, id: x.ID, fields: x.FieldValues, deliveries: deliveries}
-		if deliveries > cfg.MaxDeliveries {
-			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterMaxDeliveries,
-				fmt.Errorf("delivered %d times, more than MaxDeliveries %d", deliveries, cfg.MaxDeliveries)))
+		if rec != nil && rec.failures >= cfg.MaxDeliveries {
+			errs = append(errs, core.moveToDeadLetter(ctx, dead.withRecord(rec), DeadLetterMaxDeliveries, rec.cause(cfg.MaxDeliveries)))
 			continue
 		}
 		v, err := c.decode(x.FieldValues)
 		if err != nil {
-			errs = append(errs, core.moveToDeadLetter(ctx, dead, DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
+			core.metrics.countFailure(failureDecode)
+			errs = append(errs, core.moveToDeadLetter(ctx, dead.withFailure(rec), DeadLetterDecode, &DecodeError{Stream: cfg.Stream, ID: x.ID, Err: err}))
 			continue
 		}
-		msgs = append(msgs, Message[T]{
+		m := Message[T]{
 			ID: x.ID, Stream: cfg.Stream, Group: cfg.Group,
-			Value: v, Fields: x.FieldValues, Deliveries: deliveries, part: part,
-		})
+			Value: v, Fields: x.FieldValues, Deliveries: deliveries, part: part, rec: rec,
+		}
+		if rec != nil {
+			m.Failures = rec.failures
+			if rec.attempt != "" {
+				_, token, _, _, ok := markerOf(rec.attempt)
+				m.isolate = !ok || token != core.token
+			}
+		}
+		msgs = append(msgs, m)
 	}
 	return msgs, errors.Join(errs...)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,13 @@ type streamCore struct {
 	cfg     StreamConfig // defaults applied
 	log     *slog.Logger
 	metrics *streamMetrics
+	fails   *failureStore
+	// token names the running Run in attempt markers (see failureStore);
+	// set before Run's loops start, "" outside Run.
+	token string
+	// reread asks the next read to start again with this consumer's own
+	// pending entries (see rereadOwnPending).
+	reread atomic.Bool
 
 	groupMu    sync.Mutex
 	groupReady bool
@@ -42,14 +50,23 @@ type streamCore struct {
 
 // rawEntries are entries as read, before decoding: ids and fields as
 // rueidis parsed them (fields nil for an entry deleted from the stream
-// while pending), and their delivery counts, nil when every entry was
-// delivered once.
+// while pending), and their delivery counts and failure records, nil when
+// every entry was delivered once.
 type rawEntries struct {
 	xs         []rueidis.XRangeEntry
 	deliveries []int64
+	records    []*failureRecord
 }
 
 func (r rawEntries) len() int { return len(r.xs) }
+
+// record returns entry i's failure record, nil when it has none.
+func (r rawEntries) record(i int) *failureRecord {
+	if r.records == nil {
+		return nil
+	}
+	return r.records[i]
+}
 
 // delivered returns how many times entry i has been delivered.
 func (r rawEntries) delivered(i int) int64 {
@@ -60,13 +77,15 @@ func (r rawEntries) delivered(i int) int64 {
 }
 
 func newStreamCore(client rueidis.Client, cfg StreamConfig) *streamCore {
-	return &streamCore{
+	s := &streamCore{
 		client:      client,
 		cfg:         cfg,
 		log:         cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		metrics:     cfg.Metrics.forStream(cfg.Stream, cfg.Group),
 		pendingFrom: "0",
 	}
+	s.fails = newFailureStore(s)
+	return s
 }
 
 // newPartitionCore is newStreamCore for partition index of the logical
@@ -79,15 +98,16 @@ func newPartitionCore(client rueidis.Client, cfg StreamConfig, logical string, i
 }
 
 // rereadOwnPending makes the next read start again with this consumer's
-// own pending entries, as at a restart.
+// own pending entries, as at a restart. It does not wait for a read in
+// progress.
 func (s *streamCore) rereadOwnPending() {
-	s.readMu.Lock()
-	defer s.readMu.Unlock()
-	s.pendingFrom, s.waited = "0", false
+	s.reread.Store(true)
 }
 
 // ensureGroup creates the group (and the stream) unless this consumer has
 // already seen it exist. BUSYGROUP, the group being there already, is fine.
+// A key of another type, the stream's or the dead-letter stream's, is an
+// error matching ErrWrongType, which retrying cannot fix.
 func (s *streamCore) ensureGroup(ctx context.Context) error {
 	s.groupMu.Lock()
 	defer s.groupMu.Unlock()
@@ -96,19 +116,43 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 	}
 	cmd := s.client.B().XgroupCreate().Key(s.cfg.Stream).Group(s.cfg.Group).Id(s.cfg.StartID).Mkstream().Build()
 	if err := s.client.Do(ctx, cmd).Error(); err != nil && !rueidis.IsRedisBusyGroup(err) {
-		return fmt.Errorf("safesync: create group %q on %q: %w", s.cfg.Group, s.cfg.Stream, err)
+		return s.explain(ctx, fmt.Sprintf("XGROUP CREATE %q %q", s.cfg.Stream, s.cfg.Group), s.cfg.Stream, err)
 	}
 	// A dead-letter key of another type would make the move's XADD fail
 	// inside MULTI while its XACK succeeds: refuse to start instead.
 	typ, err := s.client.Do(ctx, s.client.B().Type().Key(s.cfg.DeadLetterStream).Build()).ToString()
 	if err != nil {
-		return fmt.Errorf("safesync: check DeadLetterStream %q: %w", s.cfg.DeadLetterStream, err)
+		return fmt.Errorf("safesync: TYPE %q (the DeadLetterStream): %w", s.cfg.DeadLetterStream, err)
 	}
 	if typ != "none" && typ != "stream" {
-		return fmt.Errorf("safesync: DeadLetterStream %q holds a %s, not a stream", s.cfg.DeadLetterStream, typ)
+		return fmt.Errorf("%w: DeadLetterStream %q holds a %s, not a stream: the XADD of every dead letter would fail",
+			ErrWrongType, s.cfg.DeadLetterStream, typ)
 	}
 	s.groupReady = true
 	return nil
+}
+
+// ErrWrongType is matched by the error Run, RunBatch, ClaimStale and the
+// pipelines return at once when the stream's key or the dead-letter
+// stream's key holds another type than a stream. The error names the key,
+// its type and the command refused.
+var ErrWrongType = errors.New("safesync: key holds another type than a stream")
+
+// explain wraps err, the failure of command on key, naming both; a
+// WRONGTYPE refusal also names the type the key holds and matches
+// ErrWrongType.
+func (s *streamCore) explain(ctx context.Context, command, key string, err error) error {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) || !strings.HasPrefix(re.Error(), "WRONGTYPE") {
+		return fmt.Errorf("safesync: %s: %w", command, err)
+	}
+	ctx, cancel := quick(ctx)
+	defer cancel()
+	typ, typErr := s.client.Do(ctx, s.client.B().Type().Key(key).Build()).ToString()
+	if typErr != nil {
+		typ = "value of another type"
+	}
+	return fmt.Errorf("%w: %s: key %q holds a %s: %w", ErrWrongType, command, key, typ, err)
 }
 
 // forgetGroup makes the next ensureGroup check the group again, creating
@@ -124,9 +168,9 @@ func (s *streamCore) forgetGroup() {
 
 // read returns up to count entries for this consumer: first its own pending
 // entries (a restarted consumer finishes what it was given), then new ones,
-// waiting up to Block for them, or until shortly before ctx's deadline. It
-// returns no entries and no error when that time passed without any. It is
-// safe for concurrent use.
+// waiting up to Block for them, or until ctx's deadline. It returns no
+// entries and no error when that time passed without any. It is safe for
+// concurrent use.
 //
 // acks, when not empty, are acknowledged in the same round trip as the
 // first read command (XACK then XREADGROUP, pipelined), or on their own
@@ -145,6 +189,9 @@ func (s *streamCore) read(ctx context.Context, count int, acks []string) (entrie
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
+	if s.reread.Swap(false) {
+		s.pendingFrom, s.waited = "0", false
+	}
 	if s.pendingFrom != "" {
 		entries, ackErr, err = s.readOwnPending(ctx, count, acks)
 		acks = nil
@@ -170,7 +217,10 @@ func (s *streamCore) read(ctx context.Context, count int, acks []string) (entrie
 	}
 	block := blockFor(ctx, s.cfg.Block)
 	if block <= 0 {
+		// ctx's deadline is less than deadlineMargin away: a read could not
+		// block, and a loop of reads that cannot would spin. Wait for it.
 		s.waited = false
+		<-ctx.Done()
 		return rawEntries{}, ackErr, nil
 	}
 	entries, _, err = s.readNew(ctx, count, block, nil)
@@ -291,31 +341,61 @@ func (s *streamCore) dropDeleted(ctx context.Context, xs []rueidis.XRangeEntry) 
 }
 
 // withDeliveries looks up the delivery counts of entries pending under
-// this consumer, one XPENDING per entry, pipelined.
+// this consumer, one XPENDING per entry, and their failure records, one
+// HMGET per entry, all in one round trip: they were all delivered before.
+// An entry no longer pending under this consumer by then (its earlier
+// holder acknowledged it, or another consumer claimed it) is left out: it
+// is not this consumer's to handle.
 func (s *streamCore) withDeliveries(ctx context.Context, xs []rueidis.XRangeEntry) (rawEntries, error) {
-	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs))}
+	entries := rawEntries{xs: xs, deliveries: make([]int64, len(xs)), records: make([]*failureRecord, len(xs))}
 	if len(xs) == 0 {
 		return entries, nil
 	}
-	cmds := make(rueidis.Commands, len(xs))
+	cmds := make(rueidis.Commands, 2*len(xs))
 	for i, x := range xs {
-		cmds[i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
+		cmds[2*i] = s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start(x.ID).End(x.ID).Count(1).Build()
+		cmds[2*i+1] = s.fails.readCmd(x.ID)
 	}
-	for i, res := range s.client.DoMulti(ctx, cmds...) {
-		rows, err := res.ToArray()
+	res := s.client.DoMulti(ctx, cmds...)
+	kept := 0
+	for i := range xs {
+		rows, err := res[2*i].ToArray()
 		if err != nil {
 			return rawEntries{}, fmt.Errorf("safesync: delivery count of %s: %w", xs[i].ID, err)
 		}
-		entries.deliveries[i] = 1
-		if len(rows) == 1 {
-			if row, err := rows[0].ToArray(); err == nil && len(row) == 4 {
-				if n, err := row[3].AsInt64(); err == nil {
-					entries.deliveries[i] = n
-				}
-			}
+		values, err := res[2*i+1].ToArray()
+		if err != nil {
+			return rawEntries{}, fmt.Errorf("safesync: failure record of %s: %w", xs[i].ID, err)
 		}
+		n, ok := pendingDeliveries(rows, s.cfg.Consumer)
+		if !ok {
+			continue
+		}
+		entries.xs[kept], entries.deliveries[kept], entries.records[kept] = xs[i], n, parseRecord(values)
+		kept++
 	}
+	entries.xs, entries.deliveries, entries.records = entries.xs[:kept], entries.deliveries[:kept], entries.records[:kept]
 	return entries, nil
+}
+
+// pendingDeliveries reads the delivery count of the one row of an extended
+// XPENDING, and reports whether the entry is pending under consumer.
+func pendingDeliveries(rows []rueidis.RedisMessage, consumer string) (int64, bool) {
+	if len(rows) != 1 {
+		return 0, false
+	}
+	row, err := rows[0].ToArray()
+	if err != nil || len(row) != 4 {
+		return 0, false
+	}
+	if owner, err := row[1].ToString(); err != nil || owner != consumer {
+		return 0, false
+	}
+	n, err := row[3].AsInt64()
+	if err != nil {
+		return 0, false
+	}
+	return n, true
 }
 
 // ack acknowledges ids in one XACK and returns how many were pending. A
@@ -362,15 +442,18 @@ func quick(ctx context.Context) (context.Context, context.CancelFunc) {
 // of them is already running on the same Consumer.
 var ErrConsumerRunning = errors.New("safesync: consumer is already running")
 
-// retryable reports whether a failed read or claim is worth retrying:
-// network errors and the Redis errors of a server that is loading, failing
-// over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …) are not.
+// retryable reports whether a failed Redis command is worth retrying:
+// network errors, timeouts (callers tell the end of their own ctx apart
+// first, with ended) and the Redis errors of a server that is loading,
+// failing over or resharding are; others (NOGROUP, WRONGTYPE, NOPERM, …)
+// are not. It classifies with errors.As, so a wrapped Redis error is still
+// seen as one.
 func retryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, ErrWrongType) || errors.Is(err, ErrConsumerNameInUse) {
 		return false
 	}
-	re, ok := rueidis.IsRedisErr(err)
-	if !ok {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) {
 		return true
 	}
 	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
@@ -403,6 +486,32 @@ func (b *readBackoff) wait(ctx context.Context) bool {
 		b.d = min(2*b.d, 5*time.Second)
 	}
 	return sleep(ctx, b.d)
+}
+
+// ended reports whether err, the failure of a command sent with ctx, is
+// ctx's end rather than a failure of Redis: ctx is done, or err is a
+// deadline error and ctx's deadline is due. rueidis reports the socket
+// deadline it derives from ctx as context.DeadlineExceeded, which can
+// arrive before ctx.Err() is set; ended then waits for ctx to be done.
+func ended(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	if !ok || time.Until(dl) > deadlineMargin {
+		return false
+	}
+	t := time.NewTimer(time.Until(dl) + deadlineMargin)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return ctx.Err() != nil
+	}
 }
 
 // sleep waits for d or until ctx ends, and reports whether ctx is live.

@@ -17,8 +17,10 @@ const (
 	// DeadLetterDecode: the entry's Decoder failed. Decoding is
 	// deterministic, so the entry is moved on its first delivery.
 	DeadLetterDecode = "decode"
-	// DeadLetterMaxDeliveries: the entry was delivered more than
-	// MaxDeliveries times without being acknowledged.
+	// DeadLetterMaxDeliveries: the entry failed for its own reasons (its
+	// handler returned an error or panicked, or its process crashed while
+	// the handler ran alone on it) MaxDeliveries times. Failures that were
+	// not its own (outages, contention, shutdown) do not count.
 	DeadLetterMaxDeliveries = "max_deliveries"
 	// DeadLetterHandler: the handler returned an error matching
 	// ErrPermanent.
@@ -129,13 +131,42 @@ type deadLetterEntry struct {
 	stream, group, id string
 	fields            map[string]string
 	deliveries        int64
+	// failures is the count of its own failures, this one included when
+	// this one counts; first and last when they happened (zero: none).
+	failures    int64
+	first, last time.Time
 }
 
-// moveToDeadLetter adds a copy of the entry with the reason to the
-// dead-letter stream and acknowledges the original, in one MULTI/EXEC when
-// both keys can be in one transaction (always on a single server; on a
-// cluster when they share a slot), else as XADD then XACK, so that a crash
-// in between duplicates the dead letter rather than losing the entry.
+// withFailure returns e with one more own failure, now, on top of rec (the
+// record before it, nil when none).
+func (e deadLetterEntry) withFailure(rec *failureRecord) deadLetterEntry {
+	now := time.Now().UTC()
+	e.failures, e.first, e.last = 1, now, now
+	if rec != nil {
+		e.failures = rec.failures + 1
+		if !rec.first.IsZero() {
+			e.first = rec.first
+		}
+	}
+	return e
+}
+
+// withRecord returns e with the failures rec holds.
+func (e deadLetterEntry) withRecord(rec *failureRecord) deadLetterEntry {
+	if rec != nil {
+		e.failures, e.first, e.last = rec.failures, rec.first, rec.last
+	}
+	return e
+}
+
+// moveToDeadLetter adds a copy of the entry with the reason and what is
+// known of its failures to the dead-letter stream, acknowledges the
+// original and removes its failure record, in one MULTI/EXEC when the keys
+// can be in one transaction (always on a single server; on a cluster when
+// they share a slot), else as XADD then XACK and HDEL, so that a crash in
+// between duplicates the dead letter rather than losing the entry. It is
+// the one writer of dead letters: Run, pipelines, Consumer.DeadLetter and
+// safesynctest all go through it.
 //
 // Redis does not roll back a transaction whose XADD failed at run time
 // (WRONGTYPE: the dead-letter key holds something else); the entry is then
@@ -150,44 +181,72 @@ func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, re
 		FieldValue(DeadLetterFieldReason, reason).
 		FieldValue(DeadLetterFieldDeliveries, strconv.FormatInt(e.deliveries, 10))
 	if cause != nil {
-		b = b.FieldValue(DeadLetterFieldError, truncate(cause.Error(), maxDeadLetterErrorLen))
+		b = b.FieldValue(DeadLetterFieldError, truncate(errorText(cause), maxDeadLetterErrorLen))
+	}
+	b = b.FieldValue(DeadLetterFieldConsumer, s.cfg.Consumer).
+		FieldValue(DeadLetterFieldFailures, strconv.FormatInt(e.failures, 10))
+	if !e.first.IsZero() {
+		b = b.FieldValue(DeadLetterFieldFirstFail, e.first.UTC().Format(DeadLetterTimeFormat))
+	}
+	if !e.last.IsZero() {
+		b = b.FieldValue(DeadLetterFieldLastFail, e.last.UTC().Format(DeadLetterTimeFormat))
 	}
 	for k, v := range e.fields {
 		b = b.FieldValue(k, v)
 	}
 	xadd := b.Build()
 	xack := s.client.B().Xack().Key(e.stream).Group(e.group).Id(e.id).Build()
+	// The record of its failures goes with it (it lives in the slot of
+	// this consumer's stream).
+	var forget rueidis.Completed
+	ownRecord := e.stream == s.cfg.Stream && e.group == s.cfg.Group
+	if ownRecord {
+		forget = s.fails.forgetCmd(e.id)
+	}
 
 	var err error
 	if s.atomicWith(e.stream, dead) {
-		err = s.execDeadLetter(ctx, xadd, xack, e, dead)
+		err = s.execDeadLetter(ctx, xadd, xack, forget, ownRecord, e, dead)
 	} else {
 		if err = s.client.Do(ctx, xadd).Error(); err == nil {
 			err = s.client.Do(ctx, xack).Error()
+		}
+		if err == nil && ownRecord {
+			_ = s.client.Do(ctx, forget).Error() // a leftover record is harmless
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("safesync: dead-letter entry %s of %q to %q: %w", e.id, e.stream, dead, err)
 	}
 	s.metrics.countDeadLettered(reason)
-	s.log.Warn("safesync: entry dead-lettered", "stream", e.stream, "group", e.group, "id", e.id,
-		"reason", reason, "deliveries", e.deliveries, "error", cause)
+	log := s.log // it names the consumer's stream and group
+	if e.stream != s.cfg.Stream || e.group != s.cfg.Group {
+		log = log.With("entry_stream", e.stream, "entry_group", e.group)
+	}
+	log.Warn("safesync: entry dead-lettered", "id", e.id, "reason", reason, "deliveries", e.deliveries,
+		"failures", e.failures, "error", cause)
 	return nil
 }
 
-func (s *streamCore) execDeadLetter(ctx context.Context, xadd, xack rueidis.Completed, e deadLetterEntry, dead string) error {
-	res := s.client.DoMulti(ctx, s.client.B().Multi().Build(), xadd, xack, s.client.B().Exec().Build())
-	for _, r := range res[:3] {
+func (s *streamCore) execDeadLetter(ctx context.Context, xadd, xack, forget rueidis.Completed, withForget bool, e deadLetterEntry, dead string) error {
+	cmds := rueidis.Commands{s.client.B().Multi().Build(), xadd, xack}
+	if withForget {
+		cmds = append(cmds, forget)
+	}
+	cmds = append(cmds, s.client.B().Exec().Build())
+	res := s.client.DoMulti(ctx, cmds...)
+	queued := len(cmds) - 1
+	for _, r := range res[:queued] {
 		if err := r.Error(); err != nil {
 			return err // not executed: EXEC is discarded or never ran
 		}
 	}
-	replies, err := res[3].ToArray()
+	replies, err := res[queued].ToArray()
 	if err != nil {
 		return err
 	}
-	if len(replies) != 2 {
-		return fmt.Errorf("EXEC returned %d replies, want 2", len(replies))
+	if len(replies) != queued-1 {
+		return fmt.Errorf("EXEC returned %d replies, want %d", len(replies), queued-1)
 	}
 	addErr := replies[0].Error()
 	if addErr == nil {

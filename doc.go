@@ -72,10 +72,14 @@
 // entries first, then new ones; it runs up to Concurrency handlers (in
 // per-key order with OrderBy), acknowledges an entry after its handler
 // returns nil, reclaims entries left pending by others with XAUTOCLAIM,
-// and moves entries that cannot be decoded, fail Permanently or exceed
-// MaxDeliveries to a dead-letter stream. JSON reads and PublishJSON writes
-// the original framework's wire format (one field "data" holding a JSON
-// object), so Go and Python workers share streams and groups.
+// and moves entries that cannot be decoded, fail Permanently or fail for
+// their own reasons MaxDeliveries times to a dead-letter stream, with the
+// handler's error. Outages are not the entries' fault: while Redis or a
+// pipeline's database is down the consumer pauses, and no entry moves
+// towards the dead-letter stream (see Readiness). JSON reads and
+// PublishJSON writes the original framework's wire format (one field
+// "data" holding a JSON object), so Go and Python workers share streams
+// and groups.
 //
 // # Redis Cluster and partitions
 //
@@ -91,8 +95,8 @@
 // # Pipelines
 //
 // Stream joins a stream to a database: each entry is applied in one
-// transaction and acknowledged from its after-commit hook, never before
-// its effects are durable. Once makes the effects exactly-once; Batch
+// transaction and acknowledged once its COMMIT returned, never before its
+// effects are durable. Once makes the effects exactly-once; Batch
 // applies many entries per transaction without letting one bad entry
 // poison the rest:
 //
@@ -102,6 +106,25 @@
 //		Once("safesync_applied").
 //		Batch(100).
 //		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: host})
+//
+// # Outbox: from the database into a stream
+//
+// OutboxWriter.Publish, called inside any transaction, writes events as
+// rows of an outbox table: they exist if and only if the transaction
+// commits. A Relay, run in as many processes as you like (one leads, by
+// an advisory lock held on a connection of its own; the others take over
+// within milliseconds when it dies), adds the committed rows to their
+// streams in id order per stream and deletes them. Each entry carries its
+// origin (the outbox and the row), so that a Pipeline with Once applies
+// it once even when a crash made the relay add it twice: MySQL → stream →
+// MySQL is one exactly-once loop.
+//
+//	balances := safesync.ToOutbox[BalanceChanged]("safesync_outbox", "balances")
+//	// inside a TxFunc, after the change it describes:
+//	err := balances.Publish(ctx, tx, BalanceChanged{Account: id, Balance: b})
+//
+//	relay, err := safesync.NewRelay(db, rdb, safesync.RelayConfig{Table: "safesync_outbox"})
+//	err = relay.Run(ctx)
 //
 // # Metrics
 //

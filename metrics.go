@@ -86,6 +86,12 @@ type Metrics struct {
 	partRead       *prometheus.CounterVec
 	partAck        *prometheus.CounterVec
 	partPending    *prometheus.GaugeVec
+	// Added for outages: see handler_failures_total and paused.
+	handlerFailures *prometheus.CounterVec
+	paused          *prometheus.GaugeVec
+
+	// Outbox relays (outbox_metrics.go).
+	outbox *outboxCollectors
 
 	allow     map[string]bool
 	maxTables int
@@ -183,6 +189,11 @@ func NewMetrics(opts MetricsOptions) (*Metrics, error) {
 	m.partRead = counter("queue", "partition_messages_read_total", "Entries of a partitioned stream delivered to this process, by logical stream and partition index.", "stream", "partition")
 	m.partAck = counter("queue", "partition_messages_ack_total", "Entries of a partitioned stream acknowledged, by logical stream and partition index.", "stream", "partition")
 	m.partPending = gauge("queue", "partition_pending_entries", "Entries of a partitioned stream delivered to the group but not acknowledged, by logical stream, group and partition index.", "stream", "group", "partition")
+	m.handlerFailures = counter("queue", "handler_failures_total", "Handler failures, by stream and kind: error, panic, permanent and crash count towards MaxDeliveries; infrastructure and contention do not.", "stream", "kind")
+	m.paused = gauge("queue", "paused", "1 while the consumer is paused because a server it needs (Redis, the pipeline's database) is unavailable, else 0; by stream and group.", "stream", "group")
+
+	// Outbox relays (outbox_metrics.go).
+	m.outbox = newOutboxCollectors(counter, histogram, gauge)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

@@ -71,12 +71,19 @@ func MarkApplied(ctx context.Context, tx Execer, table, group, stream, id string
 	return InsertIdempotent(ctx, tx, "INSERT INTO "+q+" (consumer_group, stream, entry_id) VALUES (?, ?, ?)", group, stream, id)
 }
 
+// maxMarkRows bounds the rows of one multi-row INSERT of exactly-once
+// records: 3 placeholders a row, far below MySQL's limit of 65,535
+// placeholders a statement, and a statement of well under a megabyte.
+// Larger batches are marked in chunks of this size.
+const maxMarkRows = 2000
+
 // dedupeMarker marks the entries of a pipeline's transactions as applied.
-// The statements for one entry and for a full batch are prepared once, when
-// the pipeline starts and before any transaction holds a connection, and
-// reused on every pooled connection (database/sql prepares a statement once
-// per connection), so marking costs one round trip per transaction instead
-// of a prepare, an execute and a close. Other batch sizes run unprepared.
+// The statements for one entry and for a full chunk (a batch, or
+// maxMarkRows rows of a larger batch) are prepared once, when the pipeline
+// starts and before any transaction holds a connection, and reused on
+// every pooled connection (database/sql prepares a statement once per
+// connection), so marking costs one round trip per chunk instead of a
+// prepare, an execute and a close. Other sizes run unprepared.
 type dedupeMarker struct {
 	insert string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
 	stmts  map[int]*sql.Stmt
@@ -88,7 +95,7 @@ func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (
 		return nil, err
 	}
 	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}}
-	for _, rows := range []int{1, batch} {
+	for _, rows := range []int{1, min(batch, maxMarkRows)} {
 		if _, done := m.stmts[rows]; done {
 			continue
 		}
@@ -152,10 +159,22 @@ func PruneDedupe(ctx context.Context, db *sql.DB, table string, olderThan time.D
 
 // markApplied records, in tx, that msgs are being applied, and reports for
 // each whether it is fresh (MarkApplied's meaning). The common case, no
-// entry seen before, costs one multi-row INSERT; when it meets a duplicate
-// key (MySQL then rolls back just that statement) each entry is marked on
-// its own.
+// entry seen before, costs one multi-row INSERT per maxMarkRows entries;
+// when one meets a duplicate key (MySQL then rolls back just that
+// statement) each entry of its chunk is marked on its own.
 func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T]) ([]bool, error) {
+	fresh := make([]bool, len(msgs))
+	for lo := 0; lo < len(msgs); lo += maxMarkRows {
+		hi := min(lo+maxMarkRows, len(msgs))
+		if err := markChunk(ctx, m, tx, msgs[lo:hi], fresh[lo:hi]); err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+// markChunk is markApplied for at most maxMarkRows entries, filling fresh.
+func markChunk[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T], fresh []bool) error {
 	insert := func(rows []Message[T]) error {
 		args := make([]any, 0, 3*len(rows))
 		for _, r := range rows {
@@ -172,17 +191,16 @@ func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Mes
 		tx.metrics.observeStatement(m.insert, time.Since(start), err)
 		return err
 	}
-	fresh := make([]bool, len(msgs))
 	if len(msgs) > 1 {
 		err := insert(msgs)
 		if err == nil {
 			for i := range fresh {
 				fresh[i] = true
 			}
-			return fresh, nil
+			return nil
 		}
 		if mysqlErrorNumber(err) != 1062 {
-			return nil, err
+			return err
 		}
 	}
 	for i := range msgs {
@@ -191,8 +209,8 @@ func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Mes
 		case err == nil:
 			fresh[i] = true
 		case mysqlErrorNumber(err) != 1062:
-			return nil, err
+			return err
 		}
 	}
-	return fresh, nil
+	return nil
 }

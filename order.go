@@ -20,8 +20,9 @@ type orderer struct {
 type unitOrder struct {
 	keys    []string // distinct keys of the unit's entries
 	blocked int      // lanes in which the unit is not yet at the head
-	started bool
-	payload any // the unit itself, handed back by finish
+	started bool     // released to run: at the head of all its lanes
+	running bool     // taken by a worker (set by the scheduler, under its lock)
+	payload any      // the unit itself, handed back by finish
 }
 
 func newOrderer() *orderer {
@@ -74,6 +75,36 @@ func (o *orderer) finish(u *unitOrder) []*unitOrder {
 		}
 	}
 	return ready
+}
+
+// dropWaiting removes every unit not running from the lanes, and returns
+// them; the running units stay at the heads of their lanes, so that their
+// finish works as usual. The caller holds the scheduler's lock, under
+// which running is set.
+func (o *orderer) dropWaiting() []*unitOrder {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	seen := map[*unitOrder]bool{}
+	var dropped []*unitOrder
+	for k, lane := range o.lanes {
+		kept := lane[:0]
+		for _, u := range lane {
+			switch {
+			case u.running:
+				kept = append(kept, u)
+			case !seen[u]:
+				seen[u] = true
+				dropped = append(dropped, u)
+			}
+		}
+		clear(lane[len(kept):])
+		if len(kept) == 0 {
+			delete(o.lanes, k)
+		} else {
+			o.lanes[k] = kept
+		}
+	}
+	return dropped
 }
 
 // stop prevents any further start; the units still queued never run.

@@ -119,5 +119,5 @@ func (p Pipeline[T]) RunPartitioned(ctx context.Context, client rueidis.Client, 
 	if err != nil {
 		return err
 	}
-	return p.runOn(ctx, pc.c)
+	return p.withMetrics(cfg.Metrics).runOn(ctx, pc.c)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -14,7 +15,8 @@ import (
 // transaction. It must do its database work through tx; it may use every
 // TxFunc combinator (WithRowLock, WithAdvisoryLock, OCC, …) by calling it
 // with ctx and tx. Returning an error rolls the transaction back and leaves
-// the entry pending; wrap it with Permanent to dead-letter the entry
+// the entry pending (counting towards MaxDeliveries when it is the entry's
+// own, as for Handler); wrap it with Permanent to dead-letter the entry
 // instead.
 type TxHandler[T any] func(ctx context.Context, tx *Tx, msg Message[T]) error
 
@@ -72,9 +74,13 @@ func Commit(db *sql.DB, opts ...TxOption) CommitStage {
 }
 
 // AckAfter completes the pipeline: each entry is acknowledged (XACK) only
-// after the commit stage's COMMIT returned nil, from the transaction's
-// after-commit hook. The result can be refined with Once, Batch, Retry,
-// OrderBy and AfterCommit, then Run.
+// after the commit stage's COMMIT returned nil. The transaction's
+// connection goes back to the pool first; then the entries go to the
+// consumer's acknowledger, which sends the acknowledgements of concurrent
+// transactions together, in one XACK, as Consumer.Run does for handlers.
+// A failed XACK is counted in ack_failures_total and reported by Run. The
+// result can be refined with Once, Batch, Retry, OrderBy and AfterCommit,
+// then Run.
 func (h Handled[T]) AckAfter(commit CommitStage) Pipeline[T] {
 	if commit.db == nil {
 		panic("safesync: AckAfter with a zero CommitStage; use Commit(db)")
@@ -120,9 +126,14 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // back, k is set aside and the batch runs again without it, until a batch
 // commits; each entry set aside then runs alone, in its own transaction,
 // where it either commits and is acknowledged, is dead-lettered (Permanent
-// errors), or stays pending for reclaim and, after MaxDeliveries, the
-// dead-letter stream. A failure that belongs to no entry (BEGIN, COMMIT)
-// leaves the whole batch pending. Batch panics if n < 1.
+// errors), or stays pending for reclaim, its own failure counted, until
+// the one that reaches MaxDeliveries dead-letters it. A failure that
+// belongs to no entry (BEGIN, COMMIT, the connection, a handler's
+// statement meeting an outage) leaves the whole batch pending, counted
+// for none; so does Run's end: a batch is not split into more
+// transactions once Run's ctx ended. Every size works: with Once, the
+// batch's exactly-once records are inserted in chunks of 2,000 rows,
+// within MySQL's limit of placeholders a statement. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 	if n < 1 {
 		panic(fmt.Sprintf("safesync: Batch(%d), want at least 1", n))
@@ -133,8 +144,9 @@ func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 
 // Retry re-runs an entry's (or batch's) whole transaction for errors the
 // policy retries (conflicts, deadlocks, lock waits…), within its budget.
-// When the budget is spent the entry stays pending; reclaim and the
-// dead-letter stream take over.
+// When the budget is spent the entry stays pending, for reclaim; a budget
+// spent on conflicts or on an outage does not count towards
+// MaxDeliveries.
 func (p Pipeline[T]) Retry(policy RetryPolicy) Pipeline[T] {
 	if err := policy.validate(); err != nil {
 		panic(err.Error())
@@ -151,21 +163,35 @@ func (p Pipeline[T]) OrderBy(key func(Message[T]) string) Pipeline[T] {
 }
 
 // AfterCommit calls fn with the entries of each transaction after its
-// COMMIT succeeded and before they are acknowledged: the window in which a
-// crash leaves committed entries pending. fn runs on the handler's
-// goroutine and must be quick.
+// COMMIT succeeded (and its connection went back to the pool) and before
+// they are handed to the acknowledger: the window in which a crash leaves
+// committed entries pending. fn runs on the handler's goroutine and must
+// be quick; its ctx carries Run's values, not its cancellation.
 func (p Pipeline[T]) AfterCommit(fn func(ctx context.Context, msgs []Message[T])) Pipeline[T] {
 	p.afterCommit = fn
 	return p
 }
 
-// Run consumes cfg's stream with client until ctx is cancelled, applying
-// entries through the commit stage (see Consumer.RunBatch for reading,
-// reclaim, dead letters, concurrency and shutdown, and StreamConfig for
-// the defaults). It returns nil after ctx is cancelled and every in-flight
-// transaction has committed and been acknowledged or rolled back, and an
-// error for an invalid configuration or a failure Redis will not recover
-// from.
+// Run consumes cfg's stream with client until ctx ends, applying entries
+// through the commit stage; see Consumer.RunBatch for reading, reclaim,
+// dead letters, concurrency and shutdown, Consumer.Run for outages, and
+// StreamConfig for the defaults. Before the first read it pings the
+// database (and, with Once, prepares its statements): a database that
+// cannot be reached then is an outage like any other, waited out, not an
+// error. While the database or Redis is down the pipeline pauses: it
+// reads and claims nothing, probes both with backoff, reports the pause in
+// cfg.Readiness and the paused gauge, and resumes by itself.
+//
+// cfg.Metrics, when set, also records the commit stage's transactions and
+// statements and the Retry policy's retries, unless Commit was given
+// WithMetrics or the policy its own WithMetrics.
+//
+// Run returns nil after ctx ended (cancelled or past its deadline) and
+// every in-flight transaction has committed and been acknowledged or
+// rolled back; an error for an invalid configuration, a refusal that
+// waiting cannot fix (a key of another type, NOPERM, a missing
+// exactly-once table, the consumer's name in use by another process), and
+// acknowledgements that failed for good.
 func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamConfig) error {
 	opts, err := p.consumerOptions("Run")
 	if err != nil {
@@ -175,7 +201,23 @@ func (p Pipeline[T]) Run(ctx context.Context, client rueidis.Client, cfg StreamC
 	if err != nil {
 		return err
 	}
-	return p.runOn(ctx, c)
+	return p.withMetrics(cfg.Metrics).runOn(ctx, c)
+}
+
+// withMetrics makes the commit stage and the retry policy record in m,
+// the metrics given in StreamConfig, unless they were given metrics of
+// their own; with m nil it returns p unchanged.
+func (p Pipeline[T]) withMetrics(m *Metrics) Pipeline[T] {
+	if m == nil {
+		return p
+	}
+	// Options apply in order: a WithMetrics among the stage's own wins.
+	p.commit.opts = append([]TxOption{WithMetrics(m)}, p.commit.opts...)
+	if p.retry != nil && !p.retry.hasMetrics {
+		policy := p.retry.WithMetrics(m)
+		p.retry = &policy
+	}
+	return p
 }
 
 // consumerOptions checks that p was built, naming method in the error if
@@ -191,17 +233,31 @@ func (p Pipeline[T]) consumerOptions(method string) ([]ConsumerOption[T], error)
 	return opts, nil
 }
 
-// runOn runs the pipeline on c; see Run.
+// runOn runs the pipeline on c; see Run. Before the first read, the
+// database is pinged and, with Once, the exactly-once statements are
+// prepared: the database unreachable then is an outage, waited out like
+// one later on; a refusal (a missing table, say) ends Run.
 func (p Pipeline[T]) runOn(ctx context.Context, c *Consumer[T]) error {
 	r := &pipelineRun[T]{p: p, c: c}
-	if p.once != "" {
-		var err error
-		if r.marker, err = newDedupeMarker(ctx, p.commit.db, p.once, p.batch); err != nil {
-			return err
+	defer func() {
+		if r.marker != nil {
+			r.marker.close()
 		}
-		defer r.marker.close()
+	}()
+	db := p.commit.db
+	start := func(ctx context.Context) error {
+		if p.once == "" {
+			return db.PingContext(ctx)
+		}
+		m, err := newDedupeMarker(ctx, db, p.once, p.batch)
+		if err == nil {
+			r.marker = m
+		}
+		return err
 	}
-	return c.RunBatch(ctx, p.batch, r.handleBatch)
+	return c.run(ctx, true, p.batch, max(p.batch, c.core.cfg.Count), func(e *engine[T], w *worker[T], u *unit[T]) {
+		r.handleUnit(e, w, u)
+	}, runOptions{probe: db.PingContext, start: start})
 }
 
 // pipelineRun is one running Pipeline.
@@ -221,8 +277,8 @@ func (e *entryFailure) Error() string { return e.err.Error() }
 func (e *entryFailure) Unwrap() error { return e.err }
 
 // txFor returns the whole unit of work for msgs: one transaction that marks
-// (with Once) and applies each entry in order, then acknowledges all of
-// them after COMMIT; wrapped in the pipeline's Retry policy if it has one.
+// (with Once) and applies each entry in order; wrapped in the pipeline's
+// Retry policy if it has one.
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
 		var fresh []bool
@@ -240,12 +296,6 @@ func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
 				return struct{}{}, &entryFailure{index: i, err: err}
 			}
 		}
-		tx.AfterCommit(func(ctx context.Context) error {
-			if r.p.afterCommit != nil {
-				r.p.afterCommit(ctx, msgs)
-			}
-			return r.c.Ack(ctx, msgs...)
-		})
 		return struct{}{}, nil
 	}
 	job := WithTx(r.p.commit.db, apply, r.p.commit.opts...)
@@ -266,42 +316,114 @@ func callTxHandler[T any](ctx context.Context, tx *Tx, h TxHandler[T], msg Messa
 	return h(ctx, tx, msg)
 }
 
-// handleBatch applies msgs as described on Pipeline.Batch. The entries it
-// does not acknowledge or dead-letter stay pending; the error it returns
-// says why, for the consumer's log and panic count.
-func (r *pipelineRun[T]) handleBatch(ctx context.Context, msgs []Message[T]) error {
-	pending := msgs
-	var setAside []Message[T]
-	for len(pending) > 1 {
-		_, err := r.txFor(pending)(ctx)
+// handleUnit applies the unit's entries as described on Pipeline.Batch.
+func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
+	idx, ok := e.begin(u, u.all())
+	if !ok || len(idx) == 0 {
+		return
+	}
+	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
+	start := time.Now()
+	r.apply(e, w, u, idx)
+	end := time.Now()
+	core.metrics.observeHandler(end.Sub(start))
+	w.flushIfDue(e.sched, end)
+}
+
+// apply runs the unit's entries idx in one transaction, setting aside each
+// entry whose handler fails for its own reasons until a transaction
+// commits, then each entry set aside alone. Entries committed are handed
+// to the acknowledger; the failures of the others are settled as Run's
+// (see engine.failed). A failure that is no entry's own (BEGIN, COMMIT,
+// the connection, a conflict outlasting Retry, shutdown) leaves every
+// entry not yet committed pending, uncounted.
+func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int) {
+	ctx := e.handlerCtx
+	var setAside []int
+	for len(idx) > 1 {
+		err := r.commit(ctx, e, w, u, idx)
 		if err == nil {
-			pending = nil
+			idx = nil
 			break
 		}
 		var ef *entryFailure
-		if !errors.As(err, &ef) {
-			return err // not one entry's fault: the whole batch stays pending
-		}
-		setAside = append(setAside, pending[ef.index])
-		pending = append(append([]Message[T](nil), pending[:ef.index]...), pending[ef.index+1:]...)
-	}
-	setAside = append(setAside, pending...)
-
-	var errs []error
-	for _, msg := range setAside {
-		_, err := r.txFor([]Message[T]{msg})(ctx)
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, ErrPermanent) && !errors.Is(err, ErrAfterCommit) {
-			if dlErr := r.c.DeadLetter(ctx, msg, DeadLetterHandler); dlErr != nil {
-				errs = append(errs, fmt.Errorf("entry %s: dead-letter: %w", msg.ID, dlErr))
+		if errors.As(err, &ef) && isOwnFailure(classifyFailure(ctx, ef.err)) {
+			setAside = append(setAside, idx[ef.index])
+			idx = append(idx[:ef.index:ef.index], idx[ef.index+1:]...)
+			if r.stopping(e, u, append(idx, setAside...)) {
+				return
 			}
 			continue
 		}
-		errs = append(errs, fmt.Errorf("entry %s: %w", msg.ID, unwrapEntryFailure(err)))
+		e.notOwn(u, append(idx, setAside...), err, notOwnFailure(ctx, unwrapEntryFailure(err)))
+		return
 	}
-	return errors.Join(errs...)
+	setAside = append(setAside, idx...)
+	for j, i := range setAside {
+		if j > 0 && r.stopping(e, u, setAside[j:]) {
+			return
+		}
+		err := r.commit(ctx, e, w, u, []int{i})
+		if err == nil {
+			continue
+		}
+		var ef *entryFailure
+		if errors.As(err, &ef) {
+			e.failed(u, i, ef.err, classifyFailure(ctx, ef.err))
+		} else {
+			e.notOwn(u, []int{i}, err, notOwnFailure(ctx, err))
+		}
+	}
+}
+
+// stopping reports whether Run's ctx has ended, leaving the unit's entries
+// idx pending, uncounted, if so: once Run stops, a failed batch is not
+// split into more transactions; shutdown waits for no new one.
+func (r *pipelineRun[T]) stopping(e *engine[T], u *unit[T], idx []int) bool {
+	if e.runCtx.Err() == nil {
+		return false
+	}
+	e.notOwn(u, idx, e.runCtx.Err(), "")
+	return true
+}
+
+// notOwnFailure names the kind of a pipeline failure that is no entry's
+// own (see classifyFailure): never one that counts.
+func notOwnFailure(ctx context.Context, err error) string {
+	kind := classifyFailure(ctx, err)
+	if kind == "" || kind == FailureContention {
+		return kind
+	}
+	return FailureInfrastructure
+}
+
+// commit runs the transaction of the unit's entries idx. Once its COMMIT
+// has returned nil and its connection is back in the pool, it calls the
+// AfterCommit observer and hands the entries to the acknowledger, which
+// sends their XACK together with those of other transactions.
+func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T], u *unit[T], idx []int) error {
+	msgs := u.msgs
+	if len(idx) != len(u.msgs) {
+		msgs = make([]Message[T], len(idx))
+		for j, i := range idx {
+			msgs[j] = u.msgs[i]
+		}
+	}
+	_, err := r.txFor(msgs)(ctx)
+	if err != nil && !errors.Is(err, ErrAfterCommit) {
+		return err
+	}
+	if err != nil {
+		// COMMIT succeeded: the effects are durable and the entries are
+		// acknowledged; what failed is a hook the handler registered.
+		core := e.parts[msgs[0].part].core
+		core.log.Error("safesync: a hook after COMMIT failed; the entries are committed and acknowledged", "id", msgs[0].ID, "error", err)
+	}
+	if r.p.afterCommit != nil {
+		r.p.afterCommit(context.WithoutCancel(ctx), msgs)
+	}
+	e.succeeded(w, u, idx)
+	return nil
 }
 
 func unwrapEntryFailure(err error) error {

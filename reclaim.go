@@ -14,23 +14,28 @@ const endCursor = "0-0"
 // reclaimLoop scans the group's pending list every ClaimInterval until ctx
 // ends; see Run. It scans at once when now is true, else one interval in,
 // which leaves Run's reader to re-read this consumer's own pending entries
-// first. After each scan it refreshes the pending gauges.
+// first. After each scan it refreshes the pending gauges. While the
+// consumer is paused it neither scans nor refreshes.
 func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) error {
 	interval := p.core.cfg.ClaimInterval
 	if !now && !sleep(ctx, interval) {
 		return nil
 	}
 	var b readBackoff
-	for {
+	for e.outage.wait(ctx) {
 		err := e.claimPass(ctx, p)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || (err != nil && ended(ctx, err)) {
 			return nil
 		}
 		if err != nil {
+			if e.outage.paused() {
+				continue
+			}
 			if !retryable(err) {
 				p.core.forgetGroup()
-				return fmt.Errorf("safesync: reclaim on %q: %w", p.core.cfg.Stream, err)
+				return p.core.explain(ctx, fmt.Sprintf("reclaim on %q (XAUTOCLAIM)", p.core.cfg.Stream), p.core.cfg.Stream, err)
 			}
+			e.outage.report(err)
 			p.core.log.Warn("safesync: reclaim failed; retrying", "error", err)
 			if !b.wait(ctx) {
 				return nil
@@ -38,31 +43,38 @@ func (e *engine[T]) reclaimLoop(ctx context.Context, p *enginePart, now bool) er
 			continue
 		}
 		b.reset()
-		if err := p.core.refreshPending(ctx); err != nil && ctx.Err() == nil {
-			p.core.log.Warn("safesync: refresh pending gauges", "error", err)
+		if !e.outage.paused() {
+			if err := p.core.refreshPending(ctx); err != nil && ctx.Err() == nil {
+				p.core.log.Warn("safesync: refresh pending gauges", "error", err)
+			}
 		}
 		if !sleep(ctx, interval) {
 			return nil
 		}
 	}
+	return nil
 }
 
 // claimPass follows the XAUTOCLAIM cursor from the start of the pending
 // list to its end. Each claim asks for as many entries as there are free
 // slots (waiting for one when none is free), and the next claim follows at
-// once.
+// once. It stops when the consumer pauses; entries claimed as the pause
+// began stay pending under this consumer, which re-reads them on resume.
 func (e *engine[T]) claimPass(ctx context.Context, p *enginePart) error {
 	cursor := endCursor
 	for {
 		free := e.sched.waitFreeSlots(ctx)
-		if free == 0 {
-			return nil // ctx ended
+		if free == 0 || e.outage.paused() {
+			return nil // ctx ended, or paused
 		}
+		read := e.sched.readStarted()
 		next, raws, err := p.core.autoclaim(ctx, cursor, free*e.unitSize)
-		if err != nil {
+		if err != nil || e.outage.paused() {
+			e.sched.readDone(read)
 			return err
 		}
-		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil)
+		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil, read)
+		e.sched.readDone(read)
 		if next == endCursor {
 			return nil
 		}

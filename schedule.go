@@ -2,7 +2,9 @@ package safesync
 
 import (
 	"context"
+	"math"
 	"sync"
+	"time"
 
 	"github.com/jackc/puddle/v2"
 )
@@ -12,6 +14,45 @@ import (
 type unit[T any] struct {
 	msgs  []Message[T]
 	order *unitOrder // nil without OrderBy
+	// exclusive units run with no other unit running in the process: an
+	// entry whose earlier attempt never ended (a crash suspect), so that
+	// the process's end during it is known to be that entry's doing.
+	exclusive bool
+	// outcome records, by entry, what finish does with it: release it
+	// (nothing recorded: it stays pending, for redelivery), keep it held
+	// until its XACK has been sent (handed to the acknowledger), or settle
+	// it (dead-lettered, or acknowledged by the handler itself).
+	outcome    []entryOutcome
+	outcomeOne [1]entryOutcome // outcome's array for a unit of one entry
+}
+
+// entryOutcome is what became of one entry of a unit; see unit.outcome.
+type entryOutcome uint8
+
+const (
+	outcomePending entryOutcome = iota // left pending: released at finish
+	outcomeAcking                      // handed to the acknowledger: held until its XACK is sent
+	outcomeSettled                     // acknowledged or dead-lettered already: settled at finish
+)
+
+// mark records the outcome of entry i.
+func (u *unit[T]) mark(i int, o entryOutcome) {
+	if u.outcome == nil {
+		if len(u.msgs) == 1 {
+			u.outcome = u.outcomeOne[:]
+		} else {
+			u.outcome = make([]entryOutcome, len(u.msgs))
+		}
+	}
+	u.outcome[i] = o
+}
+
+// outcomeOf returns the outcome recorded for entry i.
+func (u *unit[T]) outcomeOf(i int) entryOutcome {
+	if u.outcome == nil {
+		return outcomePending
+	}
+	return u.outcome[i]
 }
 
 // scheduler runs units on at most Concurrency workers. A worker is a
@@ -33,28 +74,46 @@ type scheduler[T any] struct {
 	flushAcks   func(part int, ids []string)
 	workers     sync.WaitGroup
 
-	mu       sync.Mutex
-	ready    []*unit[T] // runnable, not started, in order, from head on
-	head     int
-	units    int // units admitted and not started (ready or blocked on a key)
-	entries  int // entries in those units
-	running  int // units running
-	active   int // workers alive
-	held     map[heldEntry]struct{}
-	stopped  bool
-	changed  chan struct{} // closed when what a waiter waits for may hold
-	waitRead bool          // the reader waits for entries < readAhead
-	waitFree bool          // reclaim waits for a free slot
+	mu      sync.Mutex
+	ready   []*unit[T] // runnable, not started, in order, from head on
+	head    int
+	units   int // units admitted and not started (ready or blocked on a key)
+	entries int // entries in those units
+	running int // units running
+	active  int // workers alive
+	// held are the entries admitted and neither released nor settled:
+	// those waiting or running, and those whose handler succeeded until
+	// their XACK has been sent. An entry held is never admitted again.
+	held map[heldEntry]struct{}
+	// settled are entries acknowledged or dead-lettered while reads or
+	// claims sent earlier were in flight, with the settlement's sequence
+	// number: such a read may have run on Redis before the XACK and
+	// return the entry, which must not be admitted again. reads counts
+	// the reads and claims in flight by the sequence number when they were
+	// sent; a settlement no read in flight predates is forgotten.
+	settled map[heldEntry]uint64
+	reads   map[uint64]int
+	seq     uint64
+	stopped bool
+	// trackHandled gives every unit a batchState, so that a batch
+	// handler's own acknowledgements are known (RunBatch).
+	trackHandled bool
+	paused       bool          // by an outage: no unit starts
+	alone        bool          // an exclusive unit is running
+	changed      chan struct{} // closed when what a waiter waits for may hold
+	waitRead     bool          // the reader waits for entries < readAhead
+	waitFree     bool          // reclaim waits for a free slot
 }
 
 func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
 	return &scheduler[T]{
 		ctx: ctx, slots: slots, concurrency: concurrency, readAhead: readAhead, order: order,
-		held: map[heldEntry]struct{}{}, changed: make(chan struct{}),
+		held: map[heldEntry]struct{}{}, settled: map[heldEntry]uint64{}, reads: map[uint64]int{},
+		changed: make(chan struct{}),
 	}
 }
 
-// heldEntry names an entry admitted and not finished: its id within the
+// heldEntry names an entry the scheduler holds: its id within the
 // consumer's stream of index part (entry ids of two partitions may be
 // equal).
 type heldEntry struct {
@@ -67,14 +126,27 @@ type heldEntry struct {
 // in bursts.
 type worker[T any] struct {
 	acks    [][]string
-	pending int // ids in acks
+	pending int       // ids in acks
+	since   time.Time // when flushIfDue first saw the oldest of them
 }
 
 // maxWorkerAcks is how many acknowledgements a busy worker gathers before
-// handing them over; an idle worker hands over what it has at once.
+// handing them over; an idle worker hands over what it has at once, and a
+// busy one when its oldest has waited ackFlushAfter (see flushIfDue), so
+// that an entry's XACK is held back by no more than that and one unit of
+// other work (an entry idle past ClaimIdle while done would be claimed
+// and run again elsewhere), while the acknowledgements of quick handlers
+// and concurrent transactions still go out together.
 const maxWorkerAcks = 128
 
-func (w *worker[T]) ack(s *scheduler[T], part int, id string) {
+// ackFlushAfter bounds how long a busy worker keeps acknowledgements.
+const ackFlushAfter = 10 * time.Millisecond
+
+// ack buffers entry i of u for acknowledgement; the entry stays held
+// until its XACK has been sent (see settle).
+func (w *worker[T]) ack(s *scheduler[T], u *unit[T], i int) {
+	u.mark(i, outcomeAcking)
+	part, id := u.msgs[i].part, u.msgs[i].ID
 	for len(w.acks) <= part {
 		w.acks = append(w.acks, nil)
 	}
@@ -96,7 +168,20 @@ func (w *worker[T]) take(part int) []string {
 	return ids
 }
 
+// flushIfDue hands the acknowledgements over when the oldest has waited
+// ackFlushAfter; now is the end of the unit just handled.
+func (w *worker[T]) flushIfDue(s *scheduler[T], now time.Time) {
+	switch {
+	case w.pending == 0:
+	case w.since.IsZero():
+		w.since = now
+	case now.Sub(w.since) >= ackFlushAfter:
+		w.flush(s)
+	}
+}
+
 func (w *worker[T]) flush(s *scheduler[T]) {
+	w.since = time.Time{}
 	if w.pending == 0 {
 		return
 	}
@@ -109,12 +194,14 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 	w.pending = 0
 }
 
-// admit takes msgs in stream order, drops those already held (an entry
-// reclaim handed back while this consumer still had it), forms units of up
-// to size entries and queues them, and starts workers for them when spawn
-// is true. It reports how many entries it queued. unitBuf, when not nil,
+// admit takes msgs in stream order, read or claimed by the read that
+// readStarted numbered read, drops those this consumer holds (an entry
+// reclaim handed back while this consumer was running it or acknowledging
+// it) or settled after that read was sent, forms units of up to size
+// entries and queues them, and starts workers for them when spawn is
+// true. It reports how many entries it queued. unitBuf, when not nil,
 // holds units no longer in use, reused when there are enough.
-func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T]) int {
+func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T], read uint64) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -122,15 +209,20 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	}
 	kept := msgs[:0]
 	for _, m := range msgs {
-		if _, dup := s.held[heldEntry{m.part, m.ID}]; !dup {
-			s.held[heldEntry{m.part, m.ID}] = struct{}{}
-			kept = append(kept, m)
+		e := heldEntry{m.part, m.ID}
+		if _, dup := s.held[e]; dup {
+			continue
 		}
+		if at, ok := s.settled[e]; ok && at > read {
+			continue
+		}
+		s.held[e] = struct{}{}
+		kept = append(kept, m)
 	}
 	if len(kept) == 0 {
 		return 0
 	}
-	n := (len(kept) + size - 1) / size
+	n := unitCount(kept, size)
 	var units []unit[T]
 	if unitBuf != nil && cap(*unitBuf) >= n {
 		units = (*unitBuf)[:n]
@@ -145,10 +237,19 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	if s.order != nil {
 		orders = make([]unitOrder, n)
 	}
-	for i := range units {
+	for i, lo := 0, 0; i < n; i++ {
 		u := &units[i]
-		u.msgs = kept[i*size : min((i+1)*size, len(kept)) : min((i+1)*size, len(kept))]
-		if size > 1 {
+		hi := lo + 1
+		if kept[lo].isolate {
+			u.exclusive = true
+		} else {
+			for hi < len(kept) && hi-lo < size && !kept[hi].isolate {
+				hi++
+			}
+		}
+		u.msgs = kept[lo:hi:hi]
+		lo = hi
+		if size > 1 || s.trackHandled {
 			st := &batchState{handled: make([]bool, len(u.msgs))}
 			for j := range u.msgs {
 				u.msgs[j].batch, u.msgs[j].index = st, j
@@ -176,6 +277,25 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 	return len(kept)
 }
 
+// unitCount is the number of units admit forms of msgs: runs of up to
+// size entries, each crash suspect a unit of its own.
+func unitCount[T any](msgs []Message[T], size int) int {
+	n, run := 0, 0
+	for i := range msgs {
+		switch {
+		case msgs[i].isolate:
+			n++
+			run = 0
+		case run == 0 || run == size:
+			n++
+			run = 1
+		default:
+			run++
+		}
+	}
+	return n
+}
+
 func contains(keys []string, k string) bool {
 	for _, have := range keys {
 		if have == k {
@@ -188,7 +308,7 @@ func contains(keys []string, k string) bool {
 // spawn starts workers for the ready units that no live worker is about to
 // take, while slots are free. Called with mu held.
 func (s *scheduler[T]) spawn() {
-	for s.active-s.running < s.readyLen() && s.active < s.concurrency {
+	for s.canPop() && s.active-s.running < s.readyLen() && s.active < s.concurrency {
 		slot, err := s.slots.TryAcquire(context.Background())
 		if err != nil {
 			return
@@ -219,7 +339,7 @@ func (s *scheduler[T]) runWorker(slot *puddle.Resource[struct{}]) {
 func (s *scheduler[T]) next(w *worker[T], slot *puddle.Resource[struct{}]) *unit[T] {
 	for flushed := false; ; flushed = true {
 		s.mu.Lock()
-		if !s.stopped && s.readyLen() > 0 && s.ctx.Err() == nil {
+		if s.canPop() {
 			u := s.pop()
 			s.mu.Unlock()
 			return u
@@ -268,13 +388,23 @@ func (s *scheduler[T]) runHere(ctx context.Context, w *worker[T]) bool {
 func (s *scheduler[T]) take() *unit[T] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped || s.readyLen() == 0 || s.ctx.Err() != nil {
+	if !s.canPop() {
 		return nil
 	}
 	return s.pop()
 }
 
 func (s *scheduler[T]) readyLen() int { return len(s.ready) - s.head }
+
+// canPop reports whether the next ready unit may start now: the
+// scheduler runs, no exclusive unit is running, and the next unit, if
+// exclusive, would run alone. Called with mu held.
+func (s *scheduler[T]) canPop() bool {
+	if s.stopped || s.paused || s.alone || s.readyLen() == 0 || s.ctx.Err() != nil {
+		return false
+	}
+	return !s.ready[s.head].exclusive || s.running == 0
+}
 
 // pop removes the first ready unit and counts it running. Called with mu
 // held.
@@ -288,26 +418,151 @@ func (s *scheduler[T]) pop() *unit[T] {
 	s.units--
 	s.entries -= len(u.msgs)
 	s.running++
+	s.alone = u.exclusive
+	if u.order != nil {
+		u.order.running = true
+	}
 	s.signal()
 	return u
 }
 
-// finish records that u ran and readies the units that waited for its
-// keys.
+// finish records that u ran, releases its entries that were not handed
+// over for acknowledgement (they stay pending, for redelivery), and
+// readies the units that waited for its keys.
 func (s *scheduler[T]) finish(u *unit[T]) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.running--
-	for _, m := range u.msgs {
-		delete(s.held, heldEntry{m.part, m.ID})
+	for i, m := range u.msgs {
+		o := u.outcomeOf(i)
+		if o == outcomePending && m.batch != nil && m.batch.isHandled(m.index) {
+			o = outcomeSettled // the batch handler acknowledged or dead-lettered it
+		}
+		switch o {
+		case outcomePending:
+			delete(s.held, heldEntry{m.part, m.ID})
+		case outcomeSettled:
+			s.settleLocked(m.part, m.ID)
+		}
 	}
 	if s.order != nil {
 		for _, next := range s.order.finish(u.order) {
 			s.ready = append(s.ready, next.payload.(*unit[T]))
 		}
-		s.spawn()
 	}
+	if u.exclusive {
+		s.alone = false
+	}
+	s.spawn()
 	s.signal()
+}
+
+// pause starts no unit until resume, and drops the units waiting to
+// start, releasing their entries: they stay pending under this consumer,
+// which re-reads them when it resumes. Running units go on.
+func (s *scheduler[T]) pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = true
+	var dropped []*unit[T]
+	if s.order != nil {
+		for _, uo := range s.order.dropWaiting() {
+			dropped = append(dropped, uo.payload.(*unit[T]))
+		}
+	} else {
+		dropped = s.ready[s.head:]
+	}
+	for _, u := range dropped {
+		for _, m := range u.msgs {
+			delete(s.held, heldEntry{m.part, m.ID})
+		}
+	}
+	clear(s.ready)
+	s.ready, s.head = s.ready[:0], 0
+	s.units, s.entries = 0, 0
+	s.signal()
+}
+
+// resume lets units start again.
+func (s *scheduler[T]) resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = false
+	s.spawn()
+	s.signal()
+}
+
+// release stops holding the entries ids of partition part, whose XACK
+// failed: they are pending, for redelivery.
+func (s *scheduler[T]) release(part int, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		delete(s.held, heldEntry{part, id})
+	}
+}
+
+// settle stops holding the entries ids of partition part, acknowledged:
+// a read or claim sent before may still return them, and admit drops
+// them.
+func (s *scheduler[T]) settle(part int, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		s.settleLocked(part, id)
+	}
+}
+
+// settleLocked settles one entry; s.mu is held.
+func (s *scheduler[T]) settleLocked(part int, id string) {
+	e := heldEntry{part, id}
+	delete(s.held, e)
+	if len(s.reads) > 0 {
+		s.seq++
+		s.settled[e] = s.seq
+	}
+}
+
+// readStarted records that a read or claim is about to be sent, and
+// returns its number for admit and readDone.
+func (s *scheduler[T]) readStarted() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads[s.seq]++
+	return s.seq
+}
+
+// readDone records that what the read numbered read returned has been
+// admitted or dropped, and forgets the settlements that no read still in
+// flight was sent before.
+func (s *scheduler[T]) readDone(read uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reads[read]--; s.reads[read] <= 0 {
+		delete(s.reads, read)
+	}
+	if len(s.settled) == 0 {
+		return
+	}
+	if len(s.reads) == 0 {
+		clear(s.settled)
+		return
+	}
+	oldest := uint64(math.MaxUint64)
+	for r := range s.reads {
+		oldest = min(oldest, r)
+	}
+	for e, at := range s.settled {
+		if at <= oldest {
+			delete(s.settled, e)
+		}
+	}
 }
 
 // signal wakes the waiters whose condition may hold now. Called with mu

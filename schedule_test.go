@@ -58,8 +58,8 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		}
 		mu.Unlock()
 		running.Add(-1)
-		for _, m := range u.msgs {
-			w.ack(s, m.part, m.ID)
+		for i := range u.msgs {
+			w.ack(s, u, i)
 		}
 		ran.Add(int64(len(u.msgs)))
 	}
@@ -73,7 +73,7 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 		for j := range msgs {
 			msgs[j] = Message[int]{ID: strconv.Itoa(i + j), Value: i + j, Fields: map[string]string{"key": "k" + strconv.Itoa(rand.IntN(keys))}}
 		}
-		s.admit(msgs, size, key, true, nil)
+		s.admit(msgs, size, key, true, nil, 0)
 		i += chunk
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -136,7 +136,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	for i := range msgs {
 		msgs[i] = Message[int]{ID: strconv.Itoa(i)}
 	}
-	s.admit(msgs, 1, nil, true, nil)
+	s.admit(msgs, 1, nil, true, nil, 0)
 	for ran.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -146,7 +146,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	if ran.Load() != 1 {
 		t.Fatalf("%d units ran, want only the one running when the scheduler stopped", ran.Load())
 	}
-	if n := s.admit(msgs, 1, nil, true, nil); n != 0 {
+	if n := s.admit(msgs, 1, nil, true, nil, 0); n != 0 {
 		t.Fatalf("admit after stop queued %d entries", n)
 	}
 }
@@ -173,7 +173,7 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 		}
 		running.Add(-1)
 		ran.Add(1)
-		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
+		w.ack(s, u, 0)
 	}
 	batch := func(from, n int) []Message[int] {
 		msgs := make([]Message[int], n)
@@ -190,14 +190,14 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 				t.Error("waitFreeSlots returned 0")
 				return
 			}
-			s.admit(batch(100000+i, 5), 1, nil, true, nil)
+			s.admit(batch(100000+i, 5), 1, nil, true, nil, 0)
 		}
 	}()
 	var w worker[int]
 	var units []unit[int]
 	for i := 0; i < 5000; i += 10 { // the inline reader
 		s.waitToRead(ctx)
-		s.admit(batch(i, 10), 1, nil, false, &units)
+		s.admit(batch(i, 10), 1, nil, false, &units, 0)
 		s.runHere(ctx, &w)
 	}
 	w.flush(s)
@@ -235,12 +235,12 @@ func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
 	var ran atomic.Int64
 	s.work = func(w *worker[int], u *unit[int]) {
 		ran.Add(1)
-		w.ack(s, u.msgs[0].part, u.msgs[0].ID)
+		w.ack(s, u, 0)
 	}
-	if n := s.admit([]Message[int]{{ID: "1-0", part: 0}}, 1, nil, true, nil); n != 1 {
+	if n := s.admit([]Message[int]{{ID: "1-0", part: 0}}, 1, nil, true, nil, 0); n != 1 {
 		t.Fatalf("partition 0: admitted %d, want 1", n)
 	}
-	if n := s.admit([]Message[int]{{ID: "1-0", part: 1}}, 1, nil, true, nil); n != 1 {
+	if n := s.admit([]Message[int]{{ID: "1-0", part: 1}}, 1, nil, true, nil, 0); n != 1 {
 		t.Fatalf("partition 1: admitted %d entries with the id of a held entry of partition 0, want 1", n)
 	}
 	s.workers.Wait()

@@ -30,8 +30,8 @@ const (
 	DefaultClaimIdle = time.Minute
 	// DefaultClaimInterval is the pause between two reclaim scans.
 	DefaultClaimInterval = 5 * time.Second
-	// DefaultMaxDeliveries is how many deliveries an entry gets before it is
-	// dead-lettered instead of being handled once more.
+	// DefaultMaxDeliveries is how many times an entry may fail for its own
+	// reasons before it is dead-lettered (see StreamConfig.MaxDeliveries).
 	DefaultMaxDeliveries = 10
 	// DefaultShutdownGrace is how long in-flight handlers may run on after
 	// the consumer's ctx is cancelled.
@@ -56,9 +56,17 @@ type StreamConfig struct {
 	// XGROUP CREATE … MKSTREAM if missing. Required.
 	Group string
 	// Consumer names this consumer inside the group. Required. Keep it
-	// stable across restarts of the same worker (a host or pod name, not a
-	// random value): a restarted consumer first re-reads the entries still
-	// pending under its name.
+	// stable across restarts of the same worker (a pod name, or a host
+	// name plus a worker index; not a random value): a restarted consumer
+	// first re-reads the entries still pending under its name. Keep it
+	// unique among live processes: two processes of one name would share
+	// one pending list, each handling again what the other holds. While
+	// Run, RunBatch, ClaimStale or a pipeline runs, the consumer holds a
+	// lease on its name (a key beside the stream, renewed every second);
+	// one started while another live process holds it fails at start with
+	// ErrConsumerNameInUse, within about a second, and one restarted
+	// under the name of a process that died without stopping waits until
+	// that lease has gone 4 s without renewal.
 	Consumer string
 
 	// Block is how long a read waits for new entries (DefaultBlock). It
@@ -78,20 +86,42 @@ type StreamConfig struct {
 	// ClaimIdle is how long an entry must have sat pending, undelivered,
 	// before reclaim takes it over (DefaultClaimIdle). Set it above the
 	// longest time an entry may wait behind the others of its read (about
-	// Count × handler time / Concurrency) plus the handler's own time, or
-	// another consumer may claim and handle it a second time. (This
-	// consumer never runs an entry it still holds twice.)
+	// Count × handler time / Concurrency) plus the handler's own time (and
+	// up to 10 ms, plus one other unit of work, that its acknowledgement
+	// may wait to go out with others), or another consumer may claim and
+	// handle it a second time. This
+	// consumer never hands an entry it still holds (queued, running, or
+	// handled and waiting for its XACK) to a handler again, whatever
+	// ClaimIdle is.
 	ClaimIdle time.Duration
 	// ClaimInterval is the pause between reclaim scans, and between
 	// refreshes of the pending-entries gauges (DefaultClaimInterval). A scan
 	// follows the XAUTOCLAIM cursor to its end before it pauses.
 	ClaimInterval time.Duration
-	// MaxDeliveries is how many times an entry is delivered before it is
-	// moved to the dead-letter stream instead of being handled again
-	// (DefaultMaxDeliveries).
+	// MaxDeliveries is how many times an entry may fail for its own
+	// reasons (DefaultMaxDeliveries): its handler returned an error or
+	// panicked, or its process ended while the handler ran alone on it (a
+	// crash: see Run). The failure that reaches MaxDeliveries moves the
+	// entry to the dead-letter stream, with that failure's error, instead
+	// of leaving it pending. A Permanent error moves it at once, and an
+	// entry that cannot be decoded on its first delivery.
+	//
+	// Failures that are not the entry's own never count: the database or
+	// Redis unreachable, a connection lost, BEGIN or COMMIT failing, an
+	// unknown commit outcome, Outage errors, conflicts, deadlocks and lock
+	// waits that outlast the Retry budget, and the end of Run's ctx. Such
+	// an entry stays pending, and comes back however long the outage
+	// lasts. Redis' own delivery count (Message.Deliveries) is not the
+	// measure: it grows with every read and claim. The count of own
+	// failures (Message.Failures) is kept in Redis, in a hash beside the
+	// stream in its cluster slot, written when an entry fails or is
+	// delivered again, and removed when it is acknowledged or
+	// dead-lettered; an entry delivered once and handled costs nothing
+	// there.
 	MaxDeliveries int64
 	// DeadLetterStream receives entries that could not be decoded, failed
-	// permanently, or exceeded MaxDeliveries (Stream + DeadLetterSuffix).
+	// permanently, or failed MaxDeliveries times (Stream +
+	// DeadLetterSuffix), each with the fields named DeadLetterField….
 	// Give it the same hash tag as Stream on Redis Cluster so that the move
 	// stays one MULTI/EXEC. It must differ from Stream.
 	DeadLetterStream string
@@ -102,6 +132,10 @@ type StreamConfig struct {
 	ShutdownGrace time.Duration
 	// Logger receives the consumer's diagnostics. Nil discards them.
 	Logger *slog.Logger
+	// Readiness, when set, reports whether this consumer is paused by an
+	// outage (see Readiness); one Readiness may serve every consumer and
+	// pipeline of a process, for its readiness probe.
+	Readiness *Readiness
 	// Metrics records reads, acks, claims, dead letters, handler latency and
 	// pending gauges. Nil means DefaultMetrics().
 	//
@@ -213,12 +247,20 @@ type Message[T any] struct {
 	// Fields are the entry's raw fields. Treat them as read-only.
 	Fields map[string]string
 	// Deliveries is how many times the group has delivered the entry,
-	// counting this delivery: 1 the first time.
+	// counting this delivery: 1 the first time. It is Redis' count (reads,
+	// re-reads and claims), taken as the entry is handed over.
 	Deliveries int64
 
-	batch *batchState // set by RunBatch, to know which entries the handler acked
-	index int         // position in batch
-	part  int         // index of the consumer's stream it was read from (partitions)
+	// Failures is how many times the entry failed for its own reasons
+	// before this delivery (see MaxDeliveries): 0 the first time, and
+	// after failures that were not its own.
+	Failures int64
+
+	batch   *batchState    // set by RunBatch, to know which entries the handler acked
+	index   int            // position in batch
+	part    int            // index of the consumer's stream it was read from (partitions)
+	rec     *failureRecord // its failure record, when redelivered and it has one
+	isolate bool           // an earlier attempt never ended: run it alone
 }
 
 // PublishOption configures Publish.

@@ -22,6 +22,7 @@ type streamMetrics struct {
 	handlerLatency prometheus.Observer
 	pending        prometheus.Gauge
 	oldestPending  prometheus.Gauge
+	paused         prometheus.Gauge
 
 	// Set for a partition of a partitioned stream, else nil.
 	partRead    prometheus.Counter
@@ -62,6 +63,7 @@ func (m *Metrics) forStream(stream, group string) *streamMetrics {
 		handlerLatency: m.handlerLatency.WithLabelValues(stream),
 		pending:        m.pending.WithLabelValues(stream, group),
 		oldestPending:  m.oldestPending.WithLabelValues(stream, group),
+		paused:         m.paused.WithLabelValues(stream, group),
 	}
 }
 
@@ -130,5 +132,24 @@ func (s *streamMetrics) setPending(count int64, oldestIdle time.Duration) {
 		if s.partPending != nil {
 			s.partPending.Set(float64(count))
 		}
+	}
+}
+
+// countFailure counts a handler failure of kind (see FailureError and the
+// other kinds).
+func (s *streamMetrics) countFailure(kind string) {
+	if s != nil {
+		s.m.handlerFailures.WithLabelValues(s.stream, kind).Inc()
+	}
+}
+
+// setPaused records whether the consumer is paused by an outage.
+func (s *streamMetrics) setPaused(paused bool) {
+	if s != nil {
+		v := 0.0
+		if paused {
+			v = 1
+		}
+		s.paused.Set(v)
 	}
 }

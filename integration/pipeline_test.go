@@ -261,8 +261,8 @@ func TestPipelineBatchWithOneBadEntryDeadLettersItAfterMaxDeliveries(t *testing.
 		t.Fatalf("balance = %d, want 9: the nine good entries applied once each", got)
 	}
 	d := safesynctest.DeadLetters(t, s.rdb, dead)[0]
-	if d.OriginalID != ids[3] || d.Reason != safesync.DeadLetterMaxDeliveries || d.Deliveries <= cfg.MaxDeliveries {
-		t.Fatalf("dead letter = %+v, want %s with reason %s after more than %d deliveries", d, ids[3], safesync.DeadLetterMaxDeliveries, cfg.MaxDeliveries)
+	if d.OriginalID != ids[3] || d.Reason != safesync.DeadLetterMaxDeliveries || d.Failures != cfg.MaxDeliveries || d.Error != "no such account" {
+		t.Fatalf("dead letter = %+v, want %s with reason %s after %d failures of its own, with the handler's error", d, ids[3], safesync.DeadLetterMaxDeliveries, cfg.MaxDeliveries)
 	}
 }
 

@@ -36,9 +36,13 @@ func maxDeliveries(t *testing.T, s *suite) {
 		t.Fatalf("%d dead letters, want 1", len(dl))
 	}
 	d := dl[0]
+	// Moved at the failure that reached MaxDeliveries, the second, with
+	// that failure's text and times, and the consumer that moved it.
 	if d.OriginalID != id || d.Stream != e.stream || d.Group != "workers" || d.Reason != safesync.DeadLetterMaxDeliveries ||
-		d.Deliveries != 3 || d.Fields[safesync.DataField] != `{"order_id":1,"amount":5}` {
-		t.Fatalf("dead letter = %+v, want entry %s, reason max_deliveries, 3 deliveries, original fields", d, id)
+		d.Deliveries != 2 || d.Failures != 2 || d.Error != errTemporary.Error() || d.Consumer != "c1" ||
+		d.FirstFail.IsZero() || d.LastFail.Before(d.FirstFail) || time.Since(d.LastFail) > time.Minute ||
+		d.Fields[safesync.DataField] != `{"order_id":1,"amount":5}` {
+		t.Fatalf("dead letter = %+v, want entry %s, reason max_deliveries, 2 deliveries and 2 failures, the handler's error, the failure times, consumer c1, original fields", d, id)
 	}
 	if p := pendingIDs(t, e.client, e.stream); len(p) != 0 {
 		t.Fatalf("pending after dead-lettering = %v", p)

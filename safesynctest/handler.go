@@ -45,6 +45,30 @@ type HandlerFailure[T any] struct {
 // or does not finish within 10 seconds.
 func HandleEntries[T any](tb testing.TB, decode safesync.Decoder[T], h safesync.Handler[T], entries ...map[string]string) HandlerReport[T] {
 	tb.Helper()
+	return handleReport(tb, entries, func(ctx context.Context, client rueidis.Client, cfg safesync.StreamConfig, record func(safesync.Message[T], error)) error {
+		c, err := safesync.NewConsumer(client, cfg, decode)
+		if err != nil {
+			return err
+		}
+		return c.Run(ctx, func(ctx context.Context, msg safesync.Message[T]) (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					record(msg, fmt.Errorf("safesynctest: handler panicked: %v", p))
+					panic(p) // the consumer recovers and counts it
+				}
+			}()
+			err = h(ctx, msg)
+			record(msg, err)
+			return err
+		})
+	})
+}
+
+// handleReport publishes entries on an embedded Redis, runs run until
+// every entry has been recorded (by run's calls of record) or
+// dead-lettered, and reports.
+func handleReport[T any](tb testing.TB, entries []map[string]string, run func(ctx context.Context, client rueidis.Client, cfg safesync.StreamConfig, record func(safesync.Message[T], error)) error) HandlerReport[T] {
+	tb.Helper()
 	client := NewRedis(tb)
 	const name = "safesynctest"
 	ids := make([]string, len(entries))
@@ -61,10 +85,6 @@ func HandleEntries[T any](tb testing.TB, decode safesync.Decoder[T], h safesync.
 		ClaimIdle: time.Hour, ClaimInterval: time.Hour, // no redelivery
 		Metrics: metrics,
 	}
-	c, err := safesync.NewConsumer(client, cfg, decode)
-	if err != nil {
-		tb.Fatal(err)
-	}
 
 	var mu sync.Mutex
 	outcome := map[string]error{}
@@ -74,24 +94,13 @@ func HandleEntries[T any](tb testing.TB, decode safesync.Decoder[T], h safesync.
 		defer mu.Unlock()
 		outcome[msg.ID], msgs[msg.ID] = err, msg
 	}
-	wrapped := func(ctx context.Context, msg safesync.Message[T]) (err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				record(msg, fmt.Errorf("safesynctest: handler panicked: %v", p))
-				panic(p) // the consumer recovers and counts it
-			}
-		}()
-		err = h(ctx, msg)
-		record(msg, err)
-		return err
-	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, wrapped) }()
+	go func() { done <- run(ctx, client, cfg, record) }()
 
-	dead := c.Config().DeadLetterStream
+	dead := cfg.Stream + safesync.DeadLetterSuffix
 	deadline := time.Now().Add(10 * time.Second)
 	for !allSettled(tb, client, dead, ids, &mu, outcome) {
 		select {
@@ -157,20 +166,45 @@ func allSettled(tb testing.TB, client rueidis.Client, dead string, ids []string,
 	return true
 }
 
-// HandleTxJSON is HandleJSON for a pipeline handler: each entry runs in its
-// own transaction on db, as in
-// safesync.Stream(safesync.JSON[T]()).Handle(h).AckAfter(safesync.Commit(db)),
-// and is acknowledged only after that transaction committed. Pair it with
-// mysqltest.New (package github.com/safesync-go/safesync/safesynctest/mysqltest,
-// a module of its own: an in-process MySQL-compatible engine) to unit-test a
-// handler's database effects with no service.
+// HandleTxJSON is HandleJSON for a pipeline handler: it runs the pipeline
+// safesync.Stream(safesync.JSON[T]()).Handle(h).AckAfter(safesync.Commit(db))
+// itself, so each entry runs in its own transaction on db, is acknowledged
+// only after that transaction committed, and is dead-lettered exactly as
+// in production (a Permanent error's text included). An entry is reported
+// Acked once its transaction committed. Pair it with mysqltest.New
+// (package github.com/safesync-go/safesync/safesynctest/mysqltest, a
+// module of its own: an in-process MySQL-compatible engine) to unit-test
+// a handler's database effects with no service.
 func HandleTxJSON[T any](tb testing.TB, db *sql.DB, h safesync.TxHandler[T], values ...T) HandlerReport[T] {
 	tb.Helper()
-	inTx := func(ctx context.Context, msg safesync.Message[T]) error {
-		_, err := safesync.WithTx(db, safesync.NoResult(func(ctx context.Context, tx *safesync.Tx) error {
-			return h(ctx, tx, msg)
-		}))(ctx)
-		return err
+	entries := make([]map[string]string, len(values))
+	for i, v := range values {
+		fields, err := safesync.EncodeJSON(v)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		entries[i] = fields
 	}
-	return HandleJSON(tb, inTx, values...)
+	return handleReport(tb, entries, func(ctx context.Context, client rueidis.Client, cfg safesync.StreamConfig, record func(safesync.Message[T], error)) error {
+		return safesync.Stream(safesync.JSON[T]()).
+			Handle(func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[T]) (err error) {
+				defer func() {
+					if p := recover(); p != nil {
+						record(msg, fmt.Errorf("safesynctest: handler panicked: %v", p))
+						panic(p) // the pipeline recovers and counts it
+					}
+				}()
+				if err = h(ctx, tx, msg); err != nil {
+					record(msg, err)
+				}
+				return err
+			}).
+			AckAfter(safesync.Commit(db, safesync.WithMetrics(cfg.Metrics))).
+			AfterCommit(func(_ context.Context, msgs []safesync.Message[T]) {
+				for _, m := range msgs {
+					record(m, nil)
+				}
+			}).
+			Run(ctx, client, cfg)
+	})
 }

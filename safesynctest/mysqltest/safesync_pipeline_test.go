@@ -308,3 +308,92 @@ func TestPipelineConstructionRefusesMisuse(t *testing.T) {
 		t.Fatal("Run on a zero Pipeline succeeded")
 	}
 }
+
+// Issue 11, item 13: metrics given once, in StreamConfig.Metrics, reach the
+// pipeline's database and retry metrics too; a pipeline used to record
+// those on prometheus.DefaultRegisterer unless Commit(db, WithMetrics(m))
+// and the policy's WithMetrics were also given.
+func TestPipelineMetricsGivenOnceRecordEverything(t *testing.T) {
+	e := newPipelineEnv(t) // e.cfg.Metrics is a registry of its own
+	mustExec(t, e.db, "CREATE TABLE metrics_once_acct (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)")
+	mustExec(t, e.db, "INSERT INTO metrics_once_acct (id, n) VALUES (1, 0)")
+	e.publish(t, order{1, 1, 5})
+	var attempts atomic.Int64
+	handler := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE metrics_once_acct SET n = n + 1 WHERE id = 1"); err != nil {
+			return err
+		}
+		if attempts.Add(1) < 2 {
+			return &safesync.ConflictError{Table: "metrics_once_acct"}
+		}
+		return nil
+	}
+	p := safesync.Stream(safesync.JSON[order]()).Handle(handler).
+		AckAfter(safesync.Commit(e.db, safesync.Label("metrics_once"))).
+		Retry(safesync.Constant(time.Millisecond))
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"coti_safesync_db_write_total", map[string]string{"table": "metrics_once_acct"}, 2},
+		{"coti_safesync_db_transactions_total", map[string]string{"label": "metrics_once", "outcome": "commit"}, 1},
+		{"coti_safesync_db_retries_total", map[string]string{"reason": "conflict"}, 1},
+		{"coti_safesync_queue_messages_ack_total", map[string]string{"stream": "orders"}, 1},
+	}
+	before := make([]float64, len(checks))
+	for i, m := range checks {
+		before[i] = safesynctest.MetricValue(t, prometheus.DefaultGatherer, m.name, m.labels)
+	}
+	e.run(t, p, func() bool { return e.pending(t) == 0 && attempts.Load() >= 2 })
+	for i, m := range checks {
+		if got := safesynctest.MetricValue(t, e.reg, m.name, m.labels); got != m.want {
+			t.Errorf("%s%v = %v in StreamConfig.Metrics, want %v", m.name, m.labels, got, m.want)
+		}
+		if got := safesynctest.MetricValue(t, prometheus.DefaultGatherer, m.name, m.labels) - before[i]; got != 0 {
+			t.Errorf("%s%v: %v recorded in the default registry, want nothing there", m.name, m.labels, got)
+		}
+	}
+	// Metrics given to the commit stage or the policy themselves still win.
+	own, ownReg := safesynctest.NewMetrics(t)
+	e.publish(t, order{2, 1, 5})
+	attempts.Store(0)
+	p = safesync.Stream(safesync.JSON[order]()).Handle(handler).
+		AckAfter(safesync.Commit(e.db, safesync.Label("metrics_once"), safesync.WithMetrics(own))).
+		Retry(safesync.Constant(time.Millisecond).WithMetrics(own))
+	e.run(t, p, func() bool { return e.pending(t) == 0 && attempts.Load() >= 2 })
+	if got := safesynctest.MetricValue(t, ownReg, "coti_safesync_db_retries_total", nil); got != 1 {
+		t.Errorf("retries in the policy's own metrics = %v, want 1", got)
+	}
+	if got := safesynctest.MetricValue(t, ownReg, "coti_safesync_db_transactions_total", map[string]string{"label": "metrics_once", "outcome": "commit"}); got != 1 {
+		t.Errorf("transactions in the commit stage's own metrics = %v, want 1", got)
+	}
+}
+
+// Issue 12: dead letters explain themselves, written by one code path.
+// safesynctest.HandleTxJSON recorded a Permanent error's text while the
+// pipeline dropped it; both now write the same dead letter: reason, the
+// handler's error, delivery and failure counts, failure times, consumer.
+func TestPipelineAndHandleTxJSONWriteTheSameDeadLetter(t *testing.T) {
+	refuse := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		return safesync.Permanent(errors.New("amount must be positive"))
+	}
+	check := func(where string, d safesync.DeadLetterEntry) {
+		t.Helper()
+		if d.Reason != safesync.DeadLetterHandler || d.Error != "amount must be positive" || d.Deliveries != 1 ||
+			d.Failures != 1 || d.FirstFail.IsZero() || !d.LastFail.Equal(d.FirstFail) || d.Consumer == "" {
+			t.Errorf("%s: dead letter %+v, want reason handler, the handler's text, 1 delivery, 1 failure at one time, the consumer", where, d)
+		}
+	}
+	rep := safesynctest.HandleTxJSON(t, mysqltest.New(t), refuse, order{1, 1, -5})
+	if len(rep.DeadLettered) != 1 {
+		t.Fatalf("HandleTxJSON dead-lettered %d entries, want 1", len(rep.DeadLettered))
+	}
+	check("HandleTxJSON", rep.DeadLettered[0])
+
+	e := newPipelineEnv(t)
+	e.publish(t, order{1, 1, -5})
+	p := safesync.Stream(safesync.JSON[order]()).Handle(refuse).AckAfter(safesync.Commit(e.db))
+	e.run(t, p, func() bool { return len(safesynctest.DeadLetters(t, e.rdb, "orders:dead")) == 1 })
+	check("Pipeline", safesynctest.DeadLetters(t, e.rdb, "orders:dead")[0])
+}
