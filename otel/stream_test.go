@@ -2,11 +2,13 @@ package safesyncotel_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,7 +83,7 @@ func applyOrder(table string) safesync.TxHandler[order] {
 
 // runPipelineUntil runs the pipeline on stream until done reports true,
 // then stops it and returns Run's error.
-func runPipelineUntil(t *testing.T, db *sql.DB, rdb rueidis.Client, stream, table string, done func() bool) {
+func runPipelineUntil(t *testing.T, db *sql.DB, rdb rueidis.Client, stream, table string, logger *slog.Logger, done func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -90,7 +92,7 @@ func runPipelineUntil(t *testing.T, db *sql.DB, rdb rueidis.Client, stream, tabl
 		ran <- safesync.Stream[order](safesync.JSON[order]()).
 			Handle(applyOrder(table)).
 			AckAfter(safesync.Commit(db, safesync.Label("apply_order"), safesync.WithMetrics(nil))).
-			Run(ctx, rdb, safesync.StreamConfig{Stream: stream, Group: "billing", Consumer: uniqueName("w"), Block: 50 * time.Millisecond})
+			Run(ctx, rdb, safesync.StreamConfig{Stream: stream, Group: "billing", Consumer: uniqueName("w"), Block: 50 * time.Millisecond, Logger: logger})
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for !done() {
@@ -132,7 +134,7 @@ func TestAPipelineEntryIsOneTraceFromReadToAck(t *testing.T) {
 	if _, err := safesync.PublishJSON(ctx, rdb, stream, order{ID: 1, Amount: 30}); err != nil {
 		t.Fatal(err)
 	}
-	runPipelineUntil(t, db, rdb, stream, table, func() bool { return rowCount(t, db, table) == 1 && nothingPending(t, rdb, stream) })
+	runPipelineUntil(t, db, rdb, stream, table, nil, func() bool { return rowCount(t, db, table) == 1 && nothingPending(t, rdb, stream) })
 
 	want := `publish tracestream_<id>
 read tracestream_<id>
@@ -173,7 +175,9 @@ func TestADeadLetterIsASpanOfItsEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	exp := traceToMemory(t)
-	runPipelineUntil(t, db, rdb, stream, table, func() bool { return nothingPending(t, rdb, stream) })
+	var logged bytes.Buffer
+	logger := slog.New(safesyncotel.LogHandler(slog.NewJSONHandler(&logged, nil)))
+	runPipelineUntil(t, db, rdb, stream, table, logger, func() bool { return nothingPending(t, rdb, stream) })
 
 	// The undecodable entry is dead-lettered without running the handler,
 	// under the read; the one the handler refused (Permanent), under its
@@ -187,6 +191,26 @@ func TestADeadLetterIsASpanOfItsEntry(t *testing.T) {
 	spans := exp.GetSpans()
 	if got := tree(spans, "safesync.dead_letter.reason", "safesync.tx.outcome"); got != want {
 		t.Errorf("spans:\n%s\nwant:\n%s", got, want)
+	}
+
+	// The consumer's log line of each dead letter carries its span's ids.
+	deadLetters := named(spans, "dead_letter tracestream_<id>")
+	var lines int
+	for _, line := range strings.Split(strings.TrimSpace(logged.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec["msg"] != "safesync: entry dead-lettered" {
+			continue
+		}
+		if rec["span_id"] != deadLetters[lines].SpanContext.SpanID().String() || rec["trace_id"] != deadLetters[lines].SpanContext.TraceID().String() {
+			t.Errorf("dead-letter log line %v, want the ids of span %v", rec, deadLetters[lines].SpanContext)
+		}
+		lines++
+	}
+	if lines != 2 {
+		t.Errorf("%d dead-letter log lines, want 2:\n%s", lines, logged.String())
 	}
 }
 
