@@ -177,7 +177,10 @@ func TestADeadLetterIsASpanOfItsEntry(t *testing.T) {
 	exp := traceToMemory(t)
 	var logged bytes.Buffer
 	logger := slog.New(safesyncotel.LogHandler(slog.NewJSONHandler(&logged, nil)))
-	runPipelineUntil(t, db, rdb, stream, table, logger, func() bool { return nothingPending(t, rdb, stream) })
+	runPipelineUntil(t, db, rdb, stream, table, logger, func() bool {
+		n, err := rdb.Do(ctx, rdb.B().Xlen().Key(stream+safesync.DeadLetterSuffix).Build()).AsInt64()
+		return err == nil && n == 2 && nothingPending(t, rdb, stream)
+	})
 
 	// The undecodable entry is dead-lettered without running the handler,
 	// under the read; the one the handler refused (Permanent), under its
