@@ -264,6 +264,9 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 			targets = append(targets, target{stream: m.Stream, group: m.Group, core: c.coreOf(m.part, m.Stream), ids: make([]string, 0, len(msgs))})
 		}
 		targets[i].ids = append(targets[i].ids, m.ID)
+		if m.span != nil {
+			targets[i].core.spans.adopt(m.ID, ctx) // the XACK goes under ctx's span
+		}
 	}
 	var errs []error
 	for _, t := range targets {

@@ -32,6 +32,8 @@ type streamCore struct {
 	// reread asks the next read to start again with this consumer's own
 	// pending entries (see rereadOwnPending).
 	reread atomic.Bool
+	// spans keeps, while tracing, the span each entry's XACK belongs under.
+	spans entrySpans
 
 	groupMu    sync.Mutex
 	groupReady bool
@@ -248,8 +250,11 @@ func (s *streamCore) doAfterAcks(ctx context.Context, acks []string, cmd rueidis
 	if len(acks) == 0 {
 		return s.client.Do(ctx, cmd), nil
 	}
+	start := s.spans.clock()
 	res := s.client.DoMulti(ctx, s.client.B().Xack().Key(s.cfg.Stream).Group(s.cfg.Group).Id(acks...).Build(), cmd)
-	return res[1], s.countAck(res[0], len(acks))
+	err := s.countAck(res[0], len(acks))
+	s.spans.acked(&s.cfg, acks, start, err)
+	return res[1], err
 }
 
 // readNew reads entries never delivered to the group (">"), with BLOCK when
@@ -401,8 +406,13 @@ func pendingDeliveries(rows []rueidis.RedisMessage, consumer string) (int64, boo
 // ack acknowledges ids in one XACK and returns how many were pending. A
 // failure is counted in ack_failures_total and returned.
 func (s *streamCore) ack(ctx context.Context, stream, group string, ids []string) (int64, error) {
+	start := s.spans.clock()
 	res := s.client.Do(ctx, s.client.B().Xack().Key(stream).Group(group).Id(ids...).Build())
-	if err := s.countAck(res, len(ids)); err != nil {
+	err := s.countAck(res, len(ids))
+	if stream == s.cfg.Stream && group == s.cfg.Group {
+		s.spans.acked(&s.cfg, ids, start, err)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("safesync: acknowledge entries of %q: %w", stream, err)
 	}
 	n, _ := res.AsInt64()

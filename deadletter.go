@@ -172,7 +172,12 @@ func (e deadLetterEntry) withRecord(rec *failureRecord) deadLetterEntry {
 // (WRONGTYPE: the dead-letter key holds something else); the entry is then
 // acknowledged but not copied. That case is reported, the XADD is retried
 // alone, and the entry itself remains in its stream until trimmed.
-func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, reason string, cause error) error {
+func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, reason string, cause error) (err error) {
+	if tr := activeTracer(); tr != nil {
+		var span Span
+		ctx, span = startDeadLetter(ctx, tr, &s.cfg, e.id, reason)
+		defer func() { span.End(err) }()
+	}
 	dead := s.cfg.DeadLetterStream
 	b := s.client.B().Xadd().Key(dead).Id("*").FieldValue().
 		FieldValue(DeadLetterFieldStream, e.stream).
@@ -204,7 +209,6 @@ func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, re
 		forget = s.fails.forgetCmd(e.id)
 	}
 
-	var err error
 	if s.atomicWith(e.stream, dead) {
 		err = s.execDeadLetter(ctx, xadd, xack, forget, ownRecord, e, dead)
 	} else {
@@ -223,7 +227,7 @@ func (s *streamCore) moveToDeadLetter(ctx context.Context, e deadLetterEntry, re
 	if e.stream != s.cfg.Stream || e.group != s.cfg.Group {
 		log = log.With("entry_stream", e.stream, "entry_group", e.group)
 	}
-	log.Warn("safesync: entry dead-lettered", "id", e.id, "reason", reason, "deliveries", e.deliveries,
+	log.WarnContext(ctx, "safesync: entry dead-lettered", "id", e.id, "reason", reason, "deliveries", e.deliveries,
 		"failures", e.failures, "error", cause)
 	return nil
 }

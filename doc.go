@@ -136,4 +136,16 @@
 // coti_safesync_db_write_latency_seconds{table,op_type}, …) on an injected
 // prometheus.Registerer. Every write statement is counted, failures too,
 // with its own latency. Label values are bounded: see Metrics.
+//
+// # Tracing
+//
+// SetTracer reports every transaction, statement, lock, retry and stream
+// operation to a Tracer, a small interface with no dependency; the module
+// github.com/safesync-go/safesync/otel implements it on OpenTelemetry,
+// with the semantic conventions for databases and messaging:
+//
+//	safesync.SetTracer(safesyncotel.New()) // the global TracerProvider
+//
+// Without a Tracer (the default) nothing is traced and nothing is
+// allocated for it.
 package safesync

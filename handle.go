@@ -14,12 +14,16 @@ func (e *engine[T]) handleOne(w *worker[T], u *unit[T], h Handler[T]) {
 	if run, ok := e.begin(u, u.all()); !ok || len(run) == 0 {
 		return
 	}
+	core := e.parts[u.msgs[0].part].core
+	ctx, span := traceUnit(e.handlerCtx, &core.cfg, u, u.all())
 	msg := u.msgs[0]
-	core := e.parts[msg.part].core
 	start := time.Now()
-	err := callHandler(e.handlerCtx, h, msg)
+	err := callHandler(ctx, h, msg)
 	end := time.Now()
 	core.metrics.observeHandler(end.Sub(start))
+	if span != nil {
+		endUnit(ctx, span, &core.spans, u, u.all(), err == nil, err)
+	}
 	if err == nil {
 		e.succeeded(w, u, u.all())
 		w.flushIfDue(e.sched, end)
@@ -37,6 +41,8 @@ func (e *engine[T]) handleBatch(u *unit[T], h BatchHandler[T]) {
 	if !ok || len(run) == 0 {
 		return
 	}
+	core := e.parts[u.msgs[run[0]].part].core // a batch comes from one stream
+	ctx, span := traceUnit(e.handlerCtx, &core.cfg, u, run)
 	msgs := u.msgs
 	if len(run) < len(u.msgs) {
 		msgs = make([]Message[T], len(run))
@@ -44,10 +50,12 @@ func (e *engine[T]) handleBatch(u *unit[T], h BatchHandler[T]) {
 			msgs[j] = u.msgs[i]
 		}
 	}
-	core := e.parts[msgs[0].part].core // a batch comes from one stream
 	start := time.Now()
-	err := callBatchHandler(e.handlerCtx, h, msgs)
+	err := callBatchHandler(ctx, h, msgs)
 	core.metrics.observeHandler(time.Since(start))
+	if span != nil {
+		endUnit(ctx, span, &core.spans, u, run, false, err) // h acknowledges them (Consumer.Ack)
+	}
 	var left []int // neither acknowledged nor dead-lettered by h
 	for _, i := range run {
 		if !u.msgs[i].batch.isHandled(i) {
@@ -255,7 +263,11 @@ func (e *engine[T]) endAttempts(u *unit[T], idx []int) {
 // pending, and comes back.
 func (e *engine[T]) deadLetter(u *unit[T], i int, reason string, cause error, d deadLetterEntry) {
 	msg := u.msgs[i]
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.runCtx), ackTimeout)
+	base := e.runCtx
+	if msg.span != nil {
+		base = msg.span // traced: the move goes under the entry's span
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(base), ackTimeout)
 	defer cancel()
 	if err := e.c.moveToDeadLetter(ctx, msg, reason, cause, d); err != nil {
 		core := e.parts[msg.part].core

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strconv"
@@ -123,6 +124,17 @@ type rowLockConfig struct {
 	suffix string
 }
 
+// mode names the wait mode in traces: wait, nowait or skip_locked.
+func (c rowLockConfig) mode() string {
+	switch c.suffix {
+	case " NOWAIT":
+		return "nowait"
+	case " SKIP LOCKED":
+		return "skip_locked"
+	}
+	return "wait"
+}
+
 // NoWait makes the lock fail at once with ErrRowLocked instead of waiting
 // when another transaction holds the row (FOR UPDATE NOWAIT).
 func NoWait() RowLockOption { return func(c *rowLockConfig) { c.suffix = " NOWAIT" } }
@@ -166,17 +178,26 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 		query, args, err = rowLockQuery(columns, table, key, cfg.suffix)
 	}
 	existsQuery, _, _ := keyedQuery("SELECT COUNT(*)", table, key, "")
-	return func(ctx context.Context, tx *Tx) (R, error) {
+	return func(ctx context.Context, tx *Tx) (result R, resultErr error) {
 		var zero R
 		if err != nil {
 			return zero, err
 		}
+		var span Span
+		if tx.tracer != nil {
+			ctx, span = tx.tracer.Start(ctx, Operation{Kind: OpRowLock, Table: table,
+				Attrs: []slog.Attr{slog.String(attrLockMode, cfg.mode())}})
+			defer func() { span.End(resultErr) }()
+		}
 		start := time.Now()
 		row, lerr := Get[T](ctx, tx, query, args...)
+		outcome := ""
 		switch {
 		case lerr == nil:
 			tx.metrics.observeLockAcquire(strategyRow, time.Since(start))
+			outcome = "acquired"
 		case errors.Is(lerr, sql.ErrNoRows):
+			outcome = "not_found"
 			if cfg.suffix == " SKIP LOCKED" {
 				exists, xerr := Get[int64](ctx, tx, existsQuery, args...)
 				if xerr != nil {
@@ -184,20 +205,33 @@ func WithRowLock[T, R any](table string, key Key, fn func(ctx context.Context, t
 				}
 				if exists > 0 {
 					tx.metrics.countLockTimeout(strategyRow)
+					lockOutcome(span, "locked", start)
 					return zero, fmt.Errorf("%w: %s %v (skipped)", ErrRowLocked, table, key)
 				}
 			}
+			lockOutcome(span, outcome, start)
 			return zero, fmt.Errorf("%w: %s %v", ErrNotFound, table, key)
 		case isLockWaitError(lerr):
 			tx.metrics.countLockTimeout(strategyRow)
 			if cfg.suffix == " NOWAIT" {
+				lockOutcome(span, "locked", start)
 				return zero, fmt.Errorf("%w: %s %v: %w", ErrRowLocked, table, key, lerr)
 			}
+			lockOutcome(span, "timeout", start)
 			return zero, lerr
 		default:
 			return zero, explainUnknownColumn(lerr, "WithRowLock", rowType)
 		}
+		lockOutcome(span, outcome, start)
 		return fn(ctx, tx, row)
+	}
+}
+
+// lockOutcome records on a lock's span, when there is one, how its wait
+// ended and how long it took.
+func lockOutcome(span Span, outcome string, start time.Time) {
+	if span != nil {
+		span.SetAttrs(slog.String(attrLockOutcome, outcome), slog.Float64(attrLockWait, time.Since(start).Seconds()))
 	}
 }
 
@@ -380,10 +414,21 @@ func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], o
 	if nameErr == nil && cfg.checkInterval <= 0 {
 		nameErr = fmt.Errorf("safesync: advisory lock %q: LockCheckInterval must be positive", name)
 	}
-	return func(ctx context.Context, tx *Tx) (R, error) {
+	return func(ctx context.Context, tx *Tx) (result R, resultErr error) {
 		var zero R
 		if nameErr != nil {
 			return zero, nameErr
+		}
+		var span Span
+		if tx.tracer != nil {
+			ctx, span = tx.tracer.Start(ctx, Operation{Kind: OpAdvisoryLock, Name: name,
+				Attrs: []slog.Attr{slog.Float64(attrLockTimeout, timeout.Seconds())}})
+			defer func() {
+				if errors.Is(resultErr, ErrLockLost) {
+					span.SetAttrs(slog.String(attrLockOutcome, "lost"))
+				}
+				span.End(resultErr)
+			}()
 		}
 		start := time.Now()
 		var got sql.NullInt64
@@ -393,20 +438,28 @@ func WithAdvisoryLock[R any](name string, timeout time.Duration, fn TxFunc[R], o
 		case err != nil:
 			return zero, fmt.Errorf("safesync: advisory lock %q: %w", name, err)
 		case !got.Valid:
+			lockOutcome(span, "failed", start)
 			return zero, fmt.Errorf("%w: lock %q", ErrLockFailed, name)
 		case got.Int64 != 1:
 			tx.metrics.countLockTimeout(strategyAdvisory)
+			lockOutcome(span, "timeout", start)
 			return zero, &LockTimeoutError{Name: name, Timeout: timeout}
 		}
 		tx.metrics.observeLockAcquire(strategyAdvisory, time.Since(start))
+		lockOutcome(span, "acquired", start)
 		tx.AfterEnd(func(ctx context.Context, conn *sql.Conn, _ bool) error {
-			return releaseAdvisoryLock(ctx, conn, tx.metrics, name)
+			err := releaseAdvisoryLock(ctx, conn, tx.metrics, name)
+			if err != nil && tx.span != nil {
+				// Found after the lock's own span ended: the transaction's.
+				tx.span.Event(eventLockLostLater, slog.String(attrLockName, name), slog.String(attrLockError, err.Error()))
+			}
+			return err
 		})
 
 		lockCtx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
 		stop := watchAdvisoryLock(lockCtx, tx, name, connID, cfg.checkInterval, cancel)
-		result, err := fn(lockCtx, tx)
+		result, err = fn(lockCtx, tx)
 		stop()
 		if cause := context.Cause(lockCtx); errors.Is(cause, ErrLockLost) {
 			if ctx.Err() == nil && errors.Is(err, context.Canceled) {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strings"
@@ -66,6 +67,9 @@ func UpdateVersioned(ctx context.Context, tx Execer, table string, key Key, vers
 	}
 	if n == 0 {
 		metricsOf(tx).countConflict(table)
+		if t, ok := tx.(*Tx); ok && t.span != nil {
+			t.span.Event(eventConflict, slog.String(attrConflictTable, table), slog.Int64(attrConflictVer, version))
+		}
 		return &ConflictError{Table: table, Key: key, Version: version}
 	}
 	return nil

@@ -410,7 +410,15 @@ func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T],
 			msgs[j] = u.msgs[i]
 		}
 	}
+	core := e.parts[u.msgs[idx[0]].part].core
+	ctx, span := traceUnit(ctx, &core.cfg, u, idx)
+	for j, i := range idx {
+		msgs[j].span = u.msgs[i].span
+	}
 	_, err := r.txFor(msgs)(ctx)
+	if span != nil {
+		endUnit(ctx, span, &core.spans, u, idx, err == nil || errors.Is(err, ErrAfterCommit), err)
+	}
 	if err != nil && !errors.Is(err, ErrAfterCommit) {
 		return err
 	}

@@ -68,12 +68,21 @@ func (e *engine[T]) claimPass(ctx context.Context, p *enginePart) error {
 			return nil // ctx ended, or paused
 		}
 		read := e.sched.readStarted()
+		tr := activeTracer()
+		var claimStart time.Time
+		if tr != nil {
+			claimStart = time.Now()
+		}
 		next, raws, err := p.core.autoclaim(ctx, cursor, free*e.unitSize)
 		if err != nil || e.outage.paused() {
 			e.sched.readDone(read)
 			return err
 		}
-		e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil, read)
+		var claimCtx context.Context // the claim's span, while tracing
+		if tr != nil && raws.len() > 0 {
+			claimCtx = traceRead(ctx, tr, OpReclaim, &p.core.cfg, claimStart, raws.len())
+		}
+		e.sched.admit(e.prepare(ctx, p, raws, nil, claimCtx), e.unitSize, e.c.key, true, nil, read)
 		e.sched.readDone(read)
 		if next == endCursor {
 			return nil

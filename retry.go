@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"time"
 
@@ -357,40 +358,90 @@ func Retry[T any](p RetryPolicy, f Func[T]) Func[T] {
 		p.metrics = DefaultMetrics()
 	}
 	return func(ctx context.Context) (T, error) {
-		var zero T
-		b := p.newBackOff()
-		start := time.Now()
-		for attempt := 1; ; attempt++ {
-			v, err := f(ctx)
-			if err == nil {
-				return v, nil
+		var span Span
+		if tracer := activeTracer(); tracer != nil {
+			ctx, span = tracer.Start(ctx, Operation{Kind: OpRetry})
+		}
+		v, err := retryLoop(ctx, p, f, span)
+		if span != nil {
+			var re *RetryError
+			if errors.As(err, &re) {
+				span.SetAttrs(slog.Int(attrRetryAttempts, re.Attempts))
 			}
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				if !errors.Is(err, ctxErr) {
-					err = errors.Join(err, ctxErr)
-				}
-				return zero, &RetryError{Attempts: attempt, Err: err}
+			span.End(err)
+		}
+		return v, err
+	}
+}
+
+// retryLoop runs f's attempts for Retry. When span is not nil, every
+// failed attempt is an event on it, and each attempt's ctx says which
+// attempt it is.
+func retryLoop[T any](ctx context.Context, p RetryPolicy, f Func[T], span Span) (T, error) {
+	var zero T
+	b := p.newBackOff()
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		attemptCtx := ctx
+		if span != nil {
+			attemptCtx = context.WithValue(ctx, retryAttemptKey{}, attempt)
+		}
+		v, err := f(attemptCtx)
+		if err == nil {
+			if span != nil {
+				span.SetAttrs(slog.Int(attrRetryAttempts, attempt))
 			}
-			reason, retry := p.classify(err)
-			if !retry {
-				return zero, &RetryError{Attempts: attempt, Err: err}
+			return v, nil
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			if !errors.Is(err, ctxErr) {
+				err = errors.Join(err, ctxErr)
 			}
-			wait := b.NextBackOff()
-			if attempt >= p.maxAttempts || wait == backoff.Stop ||
-				(p.maxElapsed > 0 && time.Since(start)+wait > p.maxElapsed) {
-				return zero, &RetryError{Attempts: attempt, Err: err, Exhausted: true}
+			if span != nil {
+				retryEvent(span, attempt, "", 0, err, "ctx_done")
 			}
-			p.metrics.countRetry(reason)
-			if p.onRetry != nil {
-				p.onRetry(RetryEvent{Attempt: attempt, Err: err, Reason: reason, Wait: wait})
+			return zero, &RetryError{Attempts: attempt, Err: err}
+		}
+		reason, retry := p.classify(err)
+		if !retry {
+			if span != nil {
+				retryEvent(span, attempt, reason, 0, err, "give_up")
 			}
-			timer := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return zero, &RetryError{Attempts: attempt, Err: errors.Join(err, ctx.Err())}
-			case <-timer.C:
+			return zero, &RetryError{Attempts: attempt, Err: err}
+		}
+		wait := b.NextBackOff()
+		if attempt >= p.maxAttempts || wait == backoff.Stop ||
+			(p.maxElapsed > 0 && time.Since(start)+wait > p.maxElapsed) {
+			if span != nil {
+				retryEvent(span, attempt, reason, 0, err, "exhausted")
 			}
+			return zero, &RetryError{Attempts: attempt, Err: err, Exhausted: true}
+		}
+		p.metrics.countRetry(reason)
+		if span != nil {
+			retryEvent(span, attempt, reason, wait, err, "retry")
+		}
+		if p.onRetry != nil {
+			p.onRetry(RetryEvent{Attempt: attempt, Err: err, Reason: reason, Wait: wait})
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return zero, &RetryError{Attempts: attempt, Err: errors.Join(err, ctx.Err())}
+		case <-timer.C:
 		}
 	}
+}
+
+// retryEvent records a failed attempt on Retry's span: its number, the
+// classifier's reason, the wait before the next one, its error, and what
+// Retry decided (retry, give_up, exhausted).
+func retryEvent(span Span, attempt int, reason string, wait time.Duration, err error, decision string) {
+	span.Event(eventRetry,
+		slog.Int(attrRetryAttempt, attempt),
+		slog.String(attrRetryReason, reason),
+		slog.Float64(attrRetryWait, wait.Seconds()),
+		slog.String(attrRetryError, err.Error()),
+		slog.String(attrRetryDecision, decision))
 }

@@ -421,6 +421,11 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 		}
 		acked := w.take(p.index)
 		read := e.sched.readStarted()
+		tr := activeTracer()
+		var readStart time.Time
+		if tr != nil {
+			readStart = time.Now()
+		}
 		raws, ackErr, err := p.core.read(e.currentReadCtx(), e.readCount, acked)
 		if ackErr != nil {
 			p.acks.retryOrFail(acked, ackErr)
@@ -450,14 +455,18 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 			e.sched.readDone(read)
 			continue // read as the pause began: pending, re-read on resume
 		}
+		var readCtx context.Context // the read's span, while tracing
+		if tr != nil && raws.len() > 0 {
+			readCtx = traceRead(ctx, tr, OpRead, &p.core.cfg, readStart, raws.len())
+		}
 		if !e.inline {
-			e.sched.admit(e.prepare(ctx, p, raws, nil), e.unitSize, e.c.key, true, nil, read)
+			e.sched.admit(e.prepare(ctx, p, raws, nil, readCtx), e.unitSize, e.c.key, true, nil, read)
 			e.sched.readDone(read)
 			continue
 		}
 		// Inline, the messages and units of a read are done with once
 		// runHere has drained the queue, so the next read reuses them.
-		msgs = e.prepare(ctx, p, raws, msgs)
+		msgs = e.prepare(ctx, p, raws, msgs, readCtx)
 		e.sched.admit(msgs, e.unitSize, e.c.key, false, &units, read)
 		e.sched.readDone(read)
 		if !e.sched.runHere(ctx, &w) {
@@ -469,11 +478,21 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 
 // prepare decodes raw entries; failures to dead-letter are counted and
 // logged, and those entries stay pending for a later attempt.
-func (e *engine[T]) prepare(ctx context.Context, p *enginePart, raws rawEntries, into []Message[T]) []Message[T] {
+// While tracing, readCtx carries the span of the read or claim that
+// returned the entries: their dead letters and handlers go under it.
+func (e *engine[T]) prepare(ctx context.Context, p *enginePart, raws rawEntries, into []Message[T], readCtx context.Context) []Message[T] {
+	if readCtx != nil {
+		ctx = readCtx
+	}
 	msgs, err := e.c.prepare(ctx, p.index, raws, into)
 	if err != nil {
 		p.core.metrics.countAckFailure()
 		p.core.log.Error("safesync: dead-letter failed; the entry stays pending", "error", err)
+	}
+	if readCtx != nil {
+		for i := range msgs {
+			msgs[i].read, msgs[i].span = readCtx, readCtx
+		}
 	}
 	return msgs
 }

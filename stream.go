@@ -256,18 +256,21 @@ type Message[T any] struct {
 	// after failures that were not its own.
 	Failures int64
 
-	batch   *batchState    // set by RunBatch, to know which entries the handler acked
-	index   int            // position in batch
-	part    int            // index of the consumer's stream it was read from (partitions)
-	rec     *failureRecord // its failure record, when redelivered and it has one
-	isolate bool           // an earlier attempt never ended: run it alone
+	batch   *batchState     // set by RunBatch, to know which entries the handler acked
+	index   int             // position in batch
+	part    int             // index of the consumer's stream it was read from (partitions)
+	read    context.Context // while tracing: the ctx of the read's span that returned it
+	span    context.Context // while tracing: read, then the ctx of its latest handle span
+	rec     *failureRecord  // its failure record, when redelivered and it has one
+	isolate bool            // an earlier attempt never ended: run it alone
 }
 
 // PublishOption configures Publish.
 type PublishOption func(*publishConfig)
 
 type publishConfig struct {
-	maxLen int64
+	maxLen       int64
+	traceContext bool // TraceContext
 }
 
 // MaxLen trims the stream to about n entries as the entry is added
@@ -281,8 +284,9 @@ func MaxLen(n int64) PublishOption {
 
 // Publish adds an entry with the given fields to stream (XADD with an id
 // chosen by Redis) and returns its id. ctx governs the one command. Fields
-// are written in sorted order of their names. It is safe for concurrent
-// use.
+// are written in sorted order of their names; fields is not modified. With
+// a Tracer set (SetTracer) the XADD is a publish span, and TraceContext
+// adds its trace context to the entry. It is safe for concurrent use.
 func Publish(ctx context.Context, client rueidis.Client, stream string, fields map[string]string, opts ...PublishOption) (string, error) {
 	if stream == "" {
 		return "", errors.New("safesync: Publish: empty stream name")
@@ -296,6 +300,10 @@ func Publish(ctx context.Context, client rueidis.Client, stream string, fields m
 	}
 	if cfg.maxLen < 0 {
 		return "", fmt.Errorf("safesync: Publish: MaxLen(%d) is negative", cfg.maxLen)
+	}
+	var span Span
+	if tr := activeTracer(); tr != nil {
+		ctx, span, fields = startPublish(ctx, tr, stream, fields, cfg.traceContext)
 	}
 	names := make([]string, 0, len(fields))
 	for name := range fields {
@@ -312,7 +320,13 @@ func Publish(ctx context.Context, client rueidis.Client, stream string, fields m
 	}
 	id, err := client.Do(ctx, cmd).ToString()
 	if err != nil {
-		return "", fmt.Errorf("safesync: publish to %q: %w", stream, err)
+		err = fmt.Errorf("safesync: publish to %q: %w", stream, err)
+	}
+	if span != nil {
+		endPublish(span, id, err)
+	}
+	if err != nil {
+		return "", err
 	}
 	return id, nil
 }
@@ -333,7 +347,8 @@ func withFields[B fieldAdder[B]](b B, names []string, fields map[string]string) 
 
 // PublishJSON publishes v in the original's wire format (see EncodeJSON):
 // one field, "data", holding v as a JSON object. Consumers using JSON[T],
-// and the Python original, read it.
+// and the Python original, read it (but not an entry published with
+// TraceContext, which adds fields).
 func PublishJSON[T any](ctx context.Context, client rueidis.Client, stream string, v T, opts ...PublishOption) (string, error) {
 	fields, err := EncodeJSON(v)
 	if err != nil {

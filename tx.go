@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -145,6 +146,8 @@ type Tx struct {
 	label    string
 	onCommit []func(ctx context.Context) error
 	onEnd    []func(ctx context.Context, conn *sql.Conn, committed bool) error
+	tracer   Tracer // the Tracer the transaction started with, or nil
+	span     Span   // the transaction's span, when tracer is not nil
 }
 
 type txKey struct{}
@@ -160,27 +163,48 @@ const (
 // DELETE and REPLACE statements are counted in the write metrics with
 // their own latency, whether they succeed or fail.
 func (tx *Tx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	var span Span
+	if tx.tracer != nil {
+		ctx, span = startStatement(ctx, tx.tracer, query, len(args) > 0)
+	}
 	start := time.Now()
 	res, err := tx.tx.ExecContext(ctx, query, args...)
 	tx.metrics.observeStatement(query, time.Since(start), err)
+	if span != nil {
+		span.End(err)
+	}
 	return res, err
 }
 
 // QueryContext runs a query that returns rows. A write with a RETURNING
 // clause is counted in the write metrics like ExecContext.
 func (tx *Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	var span Span
+	if tx.tracer != nil {
+		ctx, span = startStatement(ctx, tx.tracer, query, len(args) > 0)
+	}
 	start := time.Now()
 	rows, err := tx.tx.QueryContext(ctx, query, args...)
 	tx.metrics.observeStatement(query, time.Since(start), err)
+	if span != nil {
+		span.End(err)
+	}
 	return rows, err
 }
 
 // QueryRowContext runs a query expected to return at most one row. Errors
 // are deferred to Scan, as in database/sql.
 func (tx *Tx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	var span Span
+	if tx.tracer != nil {
+		ctx, span = startStatement(ctx, tx.tracer, query, len(args) > 0)
+	}
 	start := time.Now()
 	row := tx.tx.QueryRowContext(ctx, query, args...)
 	tx.metrics.observeStatement(query, time.Since(start), row.Err())
+	if span != nil {
+		span.End(row.Err())
+	}
 	return row
 }
 
@@ -253,6 +277,16 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
+	tracer := activeTracer()
+	var span Span
+	if tracer != nil {
+		ctx, span = startTxSpan(ctx, tracer, cfg)
+		defer func() {
+			if span != nil { // nil when the panic handler below ended it
+				span.End(err)
+			}
+		}()
+	}
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return zero, fmt.Errorf("safesync: acquire connection: %w", err)
@@ -272,7 +306,7 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		// nothing can be committed.
 		return zero, markRolledBack(fmt.Errorf("safesync: begin: %w", err))
 	}
-	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label}
+	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label, tracer: tracer, span: span}
 	// No cancel func is added: a ctx with a Done channel makes the driver
 	// start a cancellation watcher for every statement, which the caller's
 	// ctx may not need.
@@ -287,6 +321,10 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		// let the panic continue.
 		p := recover()
 		_ = tx.end(ctx, cfg, outcomeRollback, sqlTx.Rollback() != nil, start)
+		if span != nil {
+			span.End(fmt.Errorf("safesync: the transaction's function panicked: %v", p))
+			span = nil
+		}
 		if p != nil {
 			panic(p)
 		}
@@ -320,6 +358,22 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 	return result, nil
 }
 
+// startTxSpan starts the transaction's span on tracer.
+func startTxSpan(ctx context.Context, tracer Tracer, cfg *txConfig) (context.Context, Span) {
+	attrs := make([]slog.Attr, 0, 4)
+	attrs = append(attrs, slog.String(attrTxLabel, cfg.label))
+	if n := retryAttempt(ctx); n > 0 {
+		attrs = append(attrs, slog.Int(attrTxAttempt, n))
+	}
+	if cfg.isolation != sql.LevelDefault {
+		attrs = append(attrs, slog.String(attrTxIsolation, cfg.isolation.String()))
+	}
+	if cfg.readOnly {
+		attrs = append(attrs, slog.Bool(attrTxReadOnly, true))
+	}
+	return tracer.Start(ctx, Operation{Kind: OpTransaction, Name: cfg.label, Attrs: attrs})
+}
+
 // classifyCommitError separates a COMMIT the server refused (a MySQL error:
 // nothing committed), one that was never sent (driver.ErrBadConn: nothing
 // committed), and one whose answer was lost (outcome unknown).
@@ -342,6 +396,12 @@ func classifyCommitError(err error) error {
 func (tx *Tx) end(ctx context.Context, cfg *txConfig, outcome string, broken bool, start time.Time) error {
 	committed := outcome == outcomeCommit
 	tx.metrics.observeTx(tx.label, outcome, time.Since(start))
+	if tx.span != nil {
+		tx.span.SetAttrs(slog.String(attrTxOutcome, outcome))
+		if outcome == outcomeCommitUnknown {
+			tx.span.SetAttrs(slog.Bool(attrTxCommitUnk, true))
+		}
+	}
 
 	var errs []error
 	if len(tx.onEnd) == 0 && len(tx.onCommit) == 0 {

@@ -99,7 +99,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	stopTracing := startTracing()
 	ok, err := run(ctx, o)
+	stopTracing()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "safesync-demo:", err)
 		os.Exit(1)

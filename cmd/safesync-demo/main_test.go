@@ -83,7 +83,7 @@ func TestDemoHelpListsOnlyTheDemosFlags(t *testing.T) {
 		t.Fatalf("-h exited %d:\n%s", code, out)
 	}
 	demoFlags := map[string]bool{}
-	for _, f := range []string{"mysql", "redis", "metrics", "n", "malformed", "workers", "accounts", "batch", "concurrency", "strategy", "crash", "timeout", "prefix", "keep"} {
+	for _, f := range []string{"mysql", "redis", "metrics", "n", "malformed", "workers", "accounts", "batch", "concurrency", "strategy", "crash", "timeout", "prefix", "keep", "trace"} {
 		demoFlags[f] = true
 	}
 	seen := 0
