@@ -200,6 +200,11 @@ type RelayedEvent struct {
 // only in the instant between a lost lock and the next confirmation; what
 // they add twice is deduplicated like any repeat (below).
 //
+// That connection comes from the db given to NewRelay and is held while
+// Run runs, leading or standing by (a standby's GET_LOCK waits on it): count
+// it in the pool's SetMaxOpenConns, or give the relay a small pool of its
+// own, so that writers never wait for a connection a relay holds.
+//
 // # Each batch
 //
 // The leader reads up to BatchSize unrelayed rows in id order, adds them
