@@ -95,6 +95,7 @@ func (h Handled[T]) AckAfter(commit CommitStage) Pipeline[T] {
 type Pipeline[T any] struct {
 	decode      Decoder[T]
 	handle      TxHandler[T]
+	handleBatch BatchTxHandler[T] // instead of handle: see HandleBatch
 	commit      CommitStage
 	once        string
 	batch       int
@@ -224,7 +225,7 @@ func (p Pipeline[T]) withMetrics(m *Metrics) Pipeline[T] {
 // consumerOptions checks that p was built, naming method in the error if
 // not, and returns the options of the consumer that runs it.
 func (p Pipeline[T]) consumerOptions(method string) ([]ConsumerOption[T], error) {
-	if p.handle == nil {
+	if p.handle == nil && p.handleBatch == nil {
 		return nil, fmt.Errorf("safesync: %s on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)", method)
 	}
 	var opts []ConsumerOption[T]
@@ -281,6 +282,9 @@ func (e *entryFailure) Unwrap() error { return e.err }
 // (with Once) and applies each entry in order; wrapped in the pipeline's
 // Retry policy if it has one.
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
+	if r.p.handleBatch != nil {
+		return r.batchTxFor(msgs)
+	}
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
 		var fresh []bool
 		if r.marker != nil {
@@ -325,7 +329,11 @@ func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
 	}
 	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
 	start := time.Now()
-	r.apply(e, w, u, idx)
+	if r.p.handleBatch != nil {
+		r.applyBatch(e, w, u, idx)
+	} else {
+		r.apply(e, w, u, idx)
+	}
 	end := time.Now()
 	core.metrics.observeHandler(end.Sub(start))
 	w.flushIfDue(e.sched, end)
