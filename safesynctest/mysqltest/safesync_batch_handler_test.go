@@ -228,7 +228,9 @@ func TestHandleBatchRetryRerunsTheWholeBatch(t *testing.T) {
 func TestHandleBatchConstructionRefusesMisuse(t *testing.T) {
 	for name, build := range map[string]func(){
 		"nil handler": func() { safesync.Stream(safesync.JSON[order]()).HandleBatch(nil) },
-		"zero stage":  func() { safesync.Stream(safesync.JSON[order]()).HandleBatch(applyOrders).AckAfter(safesync.CommitStage{}) },
+		"zero stage": func() {
+			safesync.Stream(safesync.JSON[order]()).HandleBatch(applyOrders).AckAfter(safesync.CommitStage{})
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {
