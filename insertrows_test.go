@@ -143,8 +143,7 @@ func TestInsertRowsChunksBelowThePlaceholderLimit(t *testing.T) {
 
 func TestInsertRowsRefusesBadInputBeforeAnyStatement(t *testing.T) {
 	type noColumns struct {
-		hidden int
-		Skip   int `db:"-"`
+		Skip int `db:"-"`
 	}
 	type evil struct {
 		ID int `db:"id; DROP TABLE x"`

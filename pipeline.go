@@ -135,7 +135,9 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // for none; so does Run's end: a batch is not split into more
 // transactions once Run's ctx ended. Every size works: with Once, the
 // batch's exactly-once records are inserted in chunks of 2,000 rows,
-// within MySQL's limit of placeholders a statement. Batch panics if n < 1.
+// within MySQL's limit of placeholders a statement. With HandleBatch, n
+// bounds the entries the batch handler receives, and a failing batch is
+// split as HandleBatch describes. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 	if n < 1 {
 		panic(fmt.Sprintf("safesync: Batch(%d), want at least 1", n))

@@ -40,6 +40,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -84,7 +85,21 @@ type contender struct {
 type sample struct {
 	elapsed       time.Duration
 	allocs, bytes float64
+	cpu           float64 // this process's user + system CPU, µs per entry
 }
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuPerEntry holds each contender's samples of CPU per entry, for the
+// table.
+var cpuPerEntry = map[string][]float64{}
 
 func main() {
 	flag.Parse()
@@ -139,7 +154,8 @@ func main() {
 				log.Fatalf("%s: %v", c.name, err)
 			}
 			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds())
+			cpuPerEntry[c.name] = append(cpuPerEntry[c.name], s.cpu)
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s  %5.1f µs CPU/entry  load %s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.cpu, loadAverage())
 		}
 	}
 	report(contenders, &run)
@@ -161,11 +177,11 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	start := time.Now()
+	start, cpuStart := time.Now(), cpuTime()
 	if err := c.run(ctx, db, rdb, stream); err != nil {
 		return sample{}, err
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpuStart
 	runtime.ReadMemStats(&after)
 	got, err := safesync.Get[int64](ctx, db, "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) FROM "+table)
 	if err != nil {
@@ -181,6 +197,7 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 		elapsed: elapsed,
 		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
 		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+		cpu:     float64(cpu.Microseconds()) / float64(*n),
 	}, nil
 }
 
@@ -457,18 +474,28 @@ func runPipeline(batchSize int, once bool, build func(*safesync.Metrics, *sql.DB
 	}
 }
 
+// loadAverage returns the 1-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func report(contenders []contender, run *results.Run) {
 	fmt.Printf("\n%d entries, one UPDATE each, concurrency %d, %d repetitions, medians; GOMAXPROCS %d, %s\n\n", *n, *concurrency, *reps, runtime.GOMAXPROCS(0), runtime.Version())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t")
+	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\tclient CPU µs/entry\t")
 	for _, c := range contenders {
 		s, ok := run.Median(c.name)
 		if !ok {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t\n", c.name, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes)
+		cpu := slices.Sorted(slices.Values(cpuPerEntry[c.name]))
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t%.1f\t\n", c.name, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, cpu[len(cpu)/2])
 	}
 	tw.Flush()
 	ratio := func(label, contender, base string) {
