@@ -242,3 +242,37 @@ func TestHandleBatchConstructionRefusesMisuse(t *testing.T) {
 		})
 	}
 }
+
+func TestHandleBatchPanicIsHalvedDownToItsEntryAndCounted(t *testing.T) {
+	e := newPipelineEnv(t)
+	var orders []order
+	for i := range 6 {
+		orders = append(orders, order{int64(i + 1), 2, 1})
+	}
+	orders[4].Amount = 0 // the handler panics on this one
+	ids := e.publish(t, orders...)
+	handler := func(ctx context.Context, tx *safesync.Tx, msgs []safesync.Message[order]) error {
+		if err := applyOrders(ctx, tx, msgs); err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if m.Value.Amount == 0 {
+				panic("zero amount")
+			}
+		}
+		return nil
+	}
+	p := safesync.Stream(safesync.JSON[order]()).HandleBatch(handler).AckAfter(safesync.Commit(e.db)).Batch(6)
+	e.cfg.Count = 6
+	e.cfg.ClaimIdle = time.Hour // one delivery: the entry stays pending
+	e.run(t, p, func() bool {
+		pending := safesynctest.Pending(t, e.rdb, e.cfg.Stream, e.cfg.Group)
+		return len(pending) == 1 && safesynctest.MetricValue(t, e.reg, "coti_safesync_queue_handler_panics_total", nil) == 1
+	})
+	if got := e.balances(t); !slices.Equal(got, []int64{0, 5, 0}) {
+		t.Fatalf("balances = %v, want [0 5 0]: the five others committed", got)
+	}
+	if pending := safesynctest.Pending(t, e.rdb, e.cfg.Stream, e.cfg.Group); pending[0].ID != ids[4] {
+		t.Fatalf("pending = %+v, want only %s", pending, ids[4])
+	}
+}
