@@ -257,3 +257,52 @@ func TestHandleBatchRetriesADeadlock(t *testing.T) {
 		t.Fatalf("balances = %d, %d; want 5 and 7: the retried batch applied once", a, b)
 	}
 }
+
+func TestInsertRowsOnTheServer(t *testing.T) {
+	db := openMySQL(t, nil)
+	ctx := context.Background()
+	// Reserved words as column names: quoted, they work.
+	table := createTable(t, db, "order", "CREATE TABLE %s (`key` BIGINT PRIMARY KEY, `order` BIGINT NOT NULL, `group` VARCHAR(16) NULL) ENGINE=InnoDB")
+	type row struct {
+		Key   int64   `db:"key"`
+		Order int64   `db:"order"`
+		Group *string `db:"group"`
+	}
+	// Three columns: 21,845 rows make 65,535 placeholders, the most one
+	// prepared statement takes; one row more makes a second statement.
+	rows := make([]row, safesync.MaxPlaceholders/3+1)
+	for i := range rows {
+		rows[i] = row{Key: int64(i), Order: 1}
+	}
+	n, err := safesync.InsertRows(ctx, db, table, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(len(rows)) {
+		t.Fatalf("inserted %d rows, want %d", n, len(rows))
+	}
+	// On duplicate keys: 1 and 2 add, 3 is new; two affected rows for
+	// each updated one, as MySQL counts.
+	name := "x"
+	n, err = safesync.InsertRows(ctx, db, table, []row{{1, 5, &name}, {2, 7, nil}, {len64(rows), 9, nil}},
+		safesync.OnDuplicateAdd("order"), safesync.OnDuplicateSet("group"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2+2+1 {
+		t.Fatalf("rows affected = %d, want 5", n)
+	}
+	got, err := safesync.Select[row](ctx, db, "SELECT `key`, `order`, `group` FROM `"+table+"` WHERE `key` IN (1, 2, ?) ORDER BY `key`", len64(rows))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Order != 6 || got[0].Group == nil || *got[0].Group != "x" || got[1].Order != 8 || got[1].Group != nil || got[2].Order != 9 {
+		t.Fatalf("rows = %+v", got)
+	}
+	total, err := safesync.Get[int64](ctx, db, "SELECT COUNT(*) FROM `"+table+"`")
+	if err != nil || total != int64(len(rows))+1 {
+		t.Fatalf("count = %d (%v), want %d", total, err, len(rows)+1)
+	}
+}
+
+func len64[T any](s []T) int64 { return int64(len(s)) }
