@@ -110,6 +110,11 @@
 //		Batch(100).
 //		Run(ctx, rdb, safesync.StreamConfig{Stream: "orders", Group: "billing", Consumer: podName})
 //
+// HandleBatch gives one function the whole batch instead, so that it can
+// write it with multi-row statements (InsertRows); FailEntry names the
+// entry at fault, and a batch failing without a name is halved until the
+// entry is found.
+//
 // # Outbox: from the database into a stream
 //
 // OutboxWriter.Publish, called inside any transaction, writes events as

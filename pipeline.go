@@ -95,6 +95,7 @@ func (h Handled[T]) AckAfter(commit CommitStage) Pipeline[T] {
 type Pipeline[T any] struct {
 	decode      Decoder[T]
 	handle      TxHandler[T]
+	handleBatch BatchTxHandler[T] // instead of handle: see HandleBatch
 	commit      CommitStage
 	once        string
 	batch       int
@@ -134,7 +135,9 @@ func (p Pipeline[T]) Once(table string) Pipeline[T] {
 // for none; so does Run's end: a batch is not split into more
 // transactions once Run's ctx ended. Every size works: with Once, the
 // batch's exactly-once records are inserted in chunks of 2,000 rows,
-// within MySQL's limit of placeholders a statement. Batch panics if n < 1.
+// within MySQL's limit of placeholders a statement. With HandleBatch, n
+// bounds the entries the batch handler receives, and a failing batch is
+// split as HandleBatch describes. Batch panics if n < 1.
 func (p Pipeline[T]) Batch(n int) Pipeline[T] {
 	if n < 1 {
 		panic(fmt.Sprintf("safesync: Batch(%d), want at least 1", n))
@@ -224,7 +227,7 @@ func (p Pipeline[T]) withMetrics(m *Metrics) Pipeline[T] {
 // consumerOptions checks that p was built, naming method in the error if
 // not, and returns the options of the consumer that runs it.
 func (p Pipeline[T]) consumerOptions(method string) ([]ConsumerOption[T], error) {
-	if p.handle == nil {
+	if p.handle == nil && p.handleBatch == nil {
 		return nil, fmt.Errorf("safesync: %s on a zero Pipeline; build it with Stream(…).Handle(…).AckAfter(…)", method)
 	}
 	var opts []ConsumerOption[T]
@@ -281,6 +284,9 @@ func (e *entryFailure) Unwrap() error { return e.err }
 // (with Once) and applies each entry in order; wrapped in the pipeline's
 // Retry policy if it has one.
 func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
+	if r.p.handleBatch != nil {
+		return r.batchTxFor(msgs)
+	}
 	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
 		var fresh []bool
 		if r.marker != nil {
@@ -325,7 +331,11 @@ func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
 	}
 	core := e.parts[u.msgs[0].part].core // a unit comes from one stream
 	start := time.Now()
-	r.apply(e, w, u, idx)
+	if r.p.handleBatch != nil {
+		r.applyBatch(e, w, u, idx)
+	} else {
+		r.apply(e, w, u, idx)
+	}
 	end := time.Now()
 	core.metrics.observeHandler(end.Sub(start))
 	w.flushIfDue(e.sched, end)

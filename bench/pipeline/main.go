@@ -7,7 +7,12 @@
 //
 //   - safesync's pipeline, one transaction per entry, with and without Once;
 //
-//   - safesync's pipeline in batch mode (Batch(100)), with and without Once.
+//   - safesync's pipeline in batch mode (Batch(100)), with and without Once;
+//
+//   - a hand-written loop that writes each batch of 100 with one multi-row
+//     INSERT … ON DUPLICATE KEY UPDATE, and safesync's pipeline with a
+//     batch handler (HandleBatch(100)) doing the same with InsertRows, with
+//     and without Once.
 //
 //     go run ./pipeline -redis 127.0.0.1:6379 -mysql 'root@tcp(127.0.0.1:3306)/test' -n 100000 -reps 3
 //
@@ -35,6 +40,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -79,7 +85,21 @@ type contender struct {
 type sample struct {
 	elapsed       time.Duration
 	allocs, bytes float64
+	cpu           float64 // this process's user + system CPU, µs per entry
 }
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuPerEntry holds each contender's samples of CPU per entry, for the
+// table.
+var cpuPerEntry = map[string][]float64{}
 
 func main() {
 	flag.Parse()
@@ -104,6 +124,9 @@ func main() {
 		{"pipeline + Once", pipeline(1, true)},
 		{fmt.Sprintf("pipeline Batch(%d)", *batch), pipeline(*batch, false)},
 		{fmt.Sprintf("pipeline Batch(%d) + Once", *batch), pipeline(*batch, true)},
+		{fmt.Sprintf("hand-written multi-row batches of %d", *batch), handWrittenMultiRow(*batch)},
+		{fmt.Sprintf("HandleBatch(%d) + InsertRows", *batch), batchPipeline(*batch, false)},
+		{fmt.Sprintf("HandleBatch(%d) + InsertRows + Once", *batch), batchPipeline(*batch, true)},
 	}
 	if *only != "" {
 		re := regexp.MustCompile(*only)
@@ -131,7 +154,8 @@ func main() {
 				log.Fatalf("%s: %v", c.name, err)
 			}
 			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds())
+			cpuPerEntry[c.name] = append(cpuPerEntry[c.name], s.cpu)
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s  %5.1f µs CPU/entry  load %s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.cpu, loadAverage())
 		}
 	}
 	report(contenders, &run)
@@ -153,11 +177,11 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	start := time.Now()
+	start, cpuStart := time.Now(), cpuTime()
 	if err := c.run(ctx, db, rdb, stream); err != nil {
 		return sample{}, err
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpuStart
 	runtime.ReadMemStats(&after)
 	got, err := safesync.Get[int64](ctx, db, "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) FROM "+table)
 	if err != nil {
@@ -173,6 +197,7 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 		elapsed: elapsed,
 		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
 		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+		cpu:     float64(cpu.Microseconds()) / float64(*n),
 	}, nil
 }
 
@@ -255,6 +280,81 @@ func handWritten(perTx int) func(ctx context.Context, db *sql.DB, rdb rueidis.Cl
 	}
 }
 
+// handWrittenMultiRow is handWritten with one multi-row INSERT … ON
+// DUPLICATE KEY UPDATE per transaction instead of an UPDATE per entry.
+func handWrittenMultiRow(perTx int) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+		var wg sync.WaitGroup
+		errs := make(chan error, *concurrency)
+		for w := 0; w < *concurrency; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := handWrittenMultiRowWorker(ctx, db, rdb, stream, "hand-multi-"+strconv.Itoa(w), perTx); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		return <-errs
+	}
+}
+
+const upsertHead = "INSERT INTO " + table + " (id, balance) VALUES "
+const upsertTail = " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)"
+
+func handWrittenMultiRowWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
+	for {
+		res, err := rdb.Do(ctx, rdb.B().Xreadgroup().Group(group, consumer).Count(int64(max(perTx, 10))).Streams().Key(stream).Id(">").Build()).AsXRead()
+		if rueidis.IsRedisNil(err) {
+			return nil // drained
+		}
+		if err != nil {
+			return err
+		}
+		entries := res[stream]
+		if len(entries) == 0 {
+			return nil
+		}
+		for len(entries) > 0 {
+			chunk := entries[:min(perTx, len(entries))]
+			entries = entries[len(chunk):]
+			ids := make([]string, len(chunk))
+			args := make([]any, 0, 2*len(chunk))
+			var q strings.Builder
+			q.WriteString(upsertHead)
+			for i, e := range chunk {
+				var o order
+				if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
+					return err
+				}
+				if i > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString("(?, ?)")
+				args = append(args, o.AccountID, o.Amount)
+				ids[i] = e.ID
+			}
+			q.WriteString(upsertTail)
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+				tx.Rollback()
+				return err
+			}
+			if err := tx.Commit(); err != nil {
+				return err
+			}
+			if err := rdb.Do(ctx, rdb.B().Xack().Key(stream).Group(group).Id(ids...).Build()).Error(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
 func handWrittenWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
 	for {
 		res, err := rdb.Do(ctx, rdb.B().Xreadgroup().Group(group, consumer).Count(int64(max(perTx, 10))).Streams().Key(stream).Id(">").Build()).AsXRead()
@@ -298,9 +398,43 @@ func handWrittenWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stre
 	}
 }
 
-// pipeline runs safesync's pipeline until every entry was committed and
-// acknowledged.
+// pipeline runs safesync's pipeline, one UPDATE an entry, until every
+// entry was committed and acknowledged.
 func pipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	apply := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+		_, err := tx.ExecContext(ctx, update, msg.Value.Amount, msg.Value.AccountID)
+		return err
+	}
+	return runPipeline(batchSize, once, func(m *safesync.Metrics, db *sql.DB) safesync.Pipeline[order] {
+		return safesync.Stream(safesync.JSON[order]()).Handle(apply).AckAfter(safesync.Commit(db, safesync.WithMetrics(m)))
+	})
+}
+
+// credit is a row of the accounts table as a batch adds to it.
+type credit struct {
+	ID      int64 `db:"id"`
+	Balance int64 `db:"balance"`
+}
+
+// batchPipeline runs safesync's pipeline with a batch handler that writes
+// each batch with one multi-row INSERT … ON DUPLICATE KEY UPDATE.
+func batchPipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	apply := func(ctx context.Context, tx *safesync.Tx, msgs []safesync.Message[order]) error {
+		rows := make([]credit, len(msgs))
+		for i, m := range msgs {
+			rows[i] = credit{ID: m.Value.AccountID, Balance: m.Value.Amount}
+		}
+		_, err := safesync.InsertRows(ctx, tx, table, rows, safesync.OnDuplicateAdd("balance"))
+		return err
+	}
+	return runPipeline(batchSize, once, func(m *safesync.Metrics, db *sql.DB) safesync.Pipeline[order] {
+		return safesync.Stream(safesync.JSON[order]()).HandleBatch(apply).AckAfter(safesync.Commit(db, safesync.WithMetrics(m)))
+	})
+}
+
+// runPipeline runs the pipeline build returns, in batches of batchSize,
+// until every entry was committed and acknowledged.
+func runPipeline(batchSize int, once bool, build func(*safesync.Metrics, *sql.DB) safesync.Pipeline[order]) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
 	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
 		m, err := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
 		if err != nil {
@@ -308,12 +442,7 @@ func pipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rd
 		}
 		var committed atomic.Int64
 		done := make(chan struct{})
-		apply := func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
-			_, err := tx.ExecContext(ctx, update, msg.Value.Amount, msg.Value.AccountID)
-			return err
-		}
-		p := safesync.Stream(safesync.JSON[order]()).Handle(apply).
-			AckAfter(safesync.Commit(db, safesync.WithMetrics(m))).
+		p := build(m, db).
 			Batch(batchSize).
 			AfterCommit(func(_ context.Context, msgs []safesync.Message[order]) {
 				if committed.Add(int64(len(msgs))) == int64(*n) {
@@ -345,18 +474,28 @@ func pipeline(batchSize int, once bool) func(ctx context.Context, db *sql.DB, rd
 	}
 }
 
+// loadAverage returns the 1-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func report(contenders []contender, run *results.Run) {
 	fmt.Printf("\n%d entries, one UPDATE each, concurrency %d, %d repetitions, medians; GOMAXPROCS %d, %s\n\n", *n, *concurrency, *reps, runtime.GOMAXPROCS(0), runtime.Version())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t")
+	fmt.Fprintln(tw, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\tclient CPU µs/entry\t")
 	for _, c := range contenders {
 		s, ok := run.Median(c.name)
 		if !ok {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t\n", c.name, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes)
+		cpu := slices.Sorted(slices.Values(cpuPerEntry[c.name]))
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.0f\t%.1f\t\n", c.name, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, cpu[len(cpu)/2])
 	}
 	tw.Flush()
 	ratio := func(label, contender, base string) {
@@ -372,4 +511,12 @@ func report(contenders []contender, run *results.Run) {
 	ratio("batch pipeline / hand-written batches", bn, fmt.Sprintf("hand-written loop, batches of %d", *batch))
 	ratio("Once throughput / plain (per entry)", "pipeline + Once", "pipeline")
 	ratio("Once throughput / plain (batch)", bn+" + Once", bn)
+	multi := fmt.Sprintf("hand-written multi-row batches of %d", *batch)
+	hb := fmt.Sprintf("HandleBatch(%d) + InsertRows", *batch)
+	ratio("hand-written: multi-row / single-row batches", multi, fmt.Sprintf("hand-written loop, batches of %d", *batch))
+	ratio("HandleBatch + InsertRows / hand multi-row", hb, multi)
+	ratio("HandleBatch + InsertRows + Once / hand multi-row", hb+" + Once", multi)
+	ratio("HandleBatch + InsertRows + Once / pipeline", hb+" + Once", "pipeline")
+	ratio("HandleBatch + InsertRows / pipeline", hb, "pipeline")
+	ratio("hand multi-row / pipeline", multi, "pipeline")
 }

@@ -6,7 +6,9 @@
 // It runs, one after another so that none disturbs another: the WithTx
 // overhead and strategy benchmarks (go test -bench in ../integration), the
 // stream drain (./streamdrain), the stream → MySQL pipelines (./pipeline,
-// with and without interpolateParams), and the scaling runs (1,000 to
+// with and without interpolateParams; the first also measures the batch
+// handlers, beside the per-entry pipeline they are compared with), and the
+// scaling runs (1,000 to
 // 100,000 entries; 1 to 16 transactions in flight). Raw outputs and JSON go
 // to results/; -render-only rebuilds BENCHMARKS.md and the charts from
 // them without measuring again.

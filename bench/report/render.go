@@ -52,6 +52,7 @@ func render() error {
 		return err
 	}
 	renderPipeline(p, pipe, prepared)
+	renderBatchHandlers(p, pipe)
 	scale, err := renderScaling(p, res, pipe)
 	if err != nil {
 		return err
