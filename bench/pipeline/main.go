@@ -62,6 +62,7 @@ var (
 	accounts    = flag.Int("accounts", 1000, "rows the updates spread over")
 	only        = flag.String("only", "", "run only the contenders whose names match this regular expression")
 	cpuprofile  = flag.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+	memprofile  = flag.String("memprofile", "", "write an allocation profile of the runs to this file")
 	out         = flag.String("json", "", "also write every sample to this file, as JSON")
 )
 
@@ -79,10 +80,39 @@ type contender struct {
 type sample struct {
 	elapsed       time.Duration
 	allocs, bytes float64
+	xacks         float64 // XACK commands sent, per entry
+}
+
+// xackCounter counts the XACK commands sent through it, so that a run
+// shows how many acknowledgements went out per entry.
+type xackCounter struct {
+	rueidis.Client
+	n atomic.Int64
+}
+
+func (c *xackCounter) count(cmd rueidis.Completed) {
+	if cs := cmd.Commands(); len(cs) > 0 && cs[0] == "XACK" {
+		c.n.Add(1)
+	}
+}
+
+func (c *xackCounter) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	c.count(cmd)
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *xackCounter) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	for _, cmd := range cmds {
+		c.count(cmd)
+	}
+	return c.Client.DoMulti(ctx, cmds...)
 }
 
 func main() {
 	flag.Parse()
+	if *memprofile != "" {
+		runtime.MemProfileRate = 4096 // enough samples for a short run
+	}
 	ctx := context.Background()
 	db, err := sql.Open("mysql", *mysqlDSN)
 	if err != nil {
@@ -91,11 +121,12 @@ func main() {
 	db.SetMaxOpenConns(*concurrency + 4)
 	db.SetMaxIdleConns(*concurrency + 4)
 	defer db.Close()
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true})
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer rdb.Close()
+	defer client.Close()
+	rdb := &xackCounter{Client: client}
 
 	contenders := []contender{
 		{"hand-written loop", handWritten(1)},
@@ -131,8 +162,19 @@ func main() {
 				log.Fatalf("%s: %v", c.name, err)
 			}
 			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds())
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s  %5.1f allocs/entry  %5.0f B/entry  %.3f XACK/entry\n",
+				rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.allocs, s.bytes, s.xacks)
 		}
+	}
+	if *memprofile != "" {
+		f, err := os.Create(*memprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			log.Fatal(err)
+		}
+		f.Close()
 	}
 	report(contenders, &run)
 	if *out != "" {
@@ -143,7 +185,7 @@ func main() {
 }
 
 // measure prepares fresh data, runs c once and verifies the outcome.
-func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (sample, error) {
+func measure(ctx context.Context, db *sql.DB, rdb *xackCounter, c contender) (sample, error) {
 	stream := "{bench-pipeline}:" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	want, err := prepare(ctx, db, rdb, stream)
 	if err != nil {
@@ -153,12 +195,14 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	xacks := rdb.n.Load()
 	start := time.Now()
 	if err := c.run(ctx, db, rdb, stream); err != nil {
 		return sample{}, err
 	}
 	elapsed := time.Since(start)
 	runtime.ReadMemStats(&after)
+	xacks = rdb.n.Load() - xacks
 	got, err := safesync.Get[int64](ctx, db, "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) FROM "+table)
 	if err != nil {
 		return sample{}, err
@@ -173,6 +217,7 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 		elapsed: elapsed,
 		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
 		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+		xacks:   float64(xacks) / float64(*n),
 	}, nil
 }
 
