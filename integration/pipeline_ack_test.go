@@ -63,7 +63,7 @@ type ackSetup struct {
 	n       int
 }
 
-func newAckSetup(t *testing.T, poolSize, n int) *ackSetup {
+func newAckSetup(t testing.TB, poolSize, n int) *ackSetup {
 	t.Helper()
 	s := &ackSetup{db: openMySQL(t, nil), check: openMySQL(t, nil), n: n}
 	s.db.SetMaxOpenConns(poolSize)
@@ -71,7 +71,10 @@ func newAckSetup(t *testing.T, poolSize, n int) *ackSetup {
 	s.effects = createTable(t, s.check, "eff", "CREATE TABLE %s (entry_id VARBINARY(64) PRIMARY KEY) ENGINE=InnoDB")
 	s.applied = dedupeTable(t, s.check)
 	rdb := openRedis(t)
-	s.stream = uniqueStream(t, rdb)
+	s.stream = "{" + uniqueName(t, "s") + "}"
+	t.Cleanup(func() {
+		_ = rdb.Do(context.Background(), rdb.B().Del().Key(s.stream, s.stream+safesync.DeadLetterSuffix).Build()).Error()
+	})
 	cmds := make(rueidis.Commands, 0, n)
 	for i := 1; i <= n; i++ {
 		cmds = append(cmds, rdb.B().Xadd().Key(s.stream).Id("*").FieldValue().FieldValue("data", fmt.Sprintf(`{"order_id":%d,"account_id":1,"amount":1}`, i)).Build())
@@ -116,7 +119,7 @@ func (s *ackSetup) config(concurrency int) safesync.StreamConfig {
 // runUntilCommitted runs p until every entry has committed, or abort
 // (when not nil) reports true, then stops it and returns what Run
 // returned.
-func (s *ackSetup) runUntilCommitted(t *testing.T, p safesync.Pipeline[order], rdb rueidis.Client, cfg safesync.StreamConfig, committed *atomic.Int64, abort func() bool) error {
+func (s *ackSetup) runUntilCommitted(t testing.TB, p safesync.Pipeline[order], rdb rueidis.Client, cfg safesync.StreamConfig, committed *atomic.Int64, abort func() bool) error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -249,4 +252,31 @@ func anySlice(ss []string) []any {
 		out[i] = s
 	}
 	return out
+}
+
+// BenchmarkPipelinePerEntry measures what a per-entry pipeline allocates
+// and how many XACK commands it sends per entry, with and without Once, on
+// the real servers: one op is one entry (an INSERT in its own
+// transaction), and allocs/op counts the whole process while the pipeline
+// drains b.N entries, Run's start and end included. Run it with
+//
+//	go test -run '^$' -bench PipelinePerEntry -benchtime 5000x ./integration/
+func BenchmarkPipelinePerEntry(b *testing.B) {
+	for _, once := range []bool{false, true} {
+		for _, concurrency := range []int{4, 8} {
+			b.Run(fmt.Sprintf("Once=%v/Concurrency=%d", once, concurrency), func(b *testing.B) {
+				s := newAckSetup(b, concurrency+2, b.N)
+				rdb := &xackWatch{Client: openRedis(b)}
+				var committed atomic.Int64
+				p := s.pipeline(once, &committed, nil)
+				b.ReportAllocs()
+				b.ResetTimer()
+				if err := s.runUntilCommitted(b, p, rdb, s.config(concurrency), &committed, nil); err != nil {
+					b.Fatalf("Run: %v", err)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(rdb.commands.Load())/float64(b.N), "XACK/op")
+			})
+		}
+	}
 }
