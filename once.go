@@ -3,6 +3,7 @@ package safesync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -84,9 +85,18 @@ const maxMarkRows = 2000
 // every pooled connection (database/sql prepares a statement once per
 // connection), so marking costs one round trip per chunk instead of a
 // prepare, an execute and a close. Other sizes run unprepared.
+//
+// When the driver puts the arguments into the statement's text itself
+// (go-sql-driver/mysql with interpolateParams=true), an unprepared
+// statement is one round trip too, and cheaper than binding the prepared
+// one to each transaction (Tx.StmtContext): the marker then runs its
+// statements unprepared, still with placeholders and arguments, as every
+// other statement of the transaction runs.
 type dedupeMarker struct {
-	insert string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
-	stmts  map[int]*sql.Stmt
+	insert       string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
+	stmts        map[int]*sql.Stmt
+	queries      map[int]string // the statements of stmts
+	interpolates bool           // the driver interpolates arguments
 }
 
 func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (*dedupeMarker, error) {
@@ -94,19 +104,51 @@ func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (
 	if err != nil {
 		return nil, err
 	}
-	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}}
+	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}, queries: map[int]string{}}
 	for _, rows := range []int{1, min(batch, maxMarkRows)} {
 		if _, done := m.stmts[rows]; done {
 			continue
 		}
-		s, err := db.PrepareContext(ctx, m.query(rows))
+		query := m.query(rows)
+		s, err := db.PrepareContext(ctx, query)
 		if err != nil {
 			m.close()
 			return nil, fmt.Errorf("safesync: prepare exactly-once insert into %s: %w", table, err)
 		}
-		m.stmts[rows] = s
+		m.stmts[rows], m.queries[rows] = s, query
+	}
+	if m.interpolates, err = driverInterpolates(ctx, db); err != nil {
+		m.close()
+		return nil, err
 	}
 	return m, nil
+}
+
+// driverInterpolates reports whether db's driver runs a statement with
+// arguments without preparing it, putting them into its text (as
+// go-sql-driver/mysql does with interpolateParams=true): it sends DO ?
+// with argument 1 to the driver, which then either runs it or answers
+// driver.ErrSkip.
+func driverInterpolates(ctx context.Context, db *sql.DB) (bool, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return false, fmt.Errorf("safesync: acquire connection: %w", err)
+	}
+	defer conn.Close()
+	interpolates := false
+	err = conn.Raw(func(dc any) error {
+		execer, ok := dc.(driver.ExecerContext)
+		if !ok {
+			return nil
+		}
+		_, err := execer.ExecContext(ctx, "DO ?", []driver.NamedValue{{Ordinal: 1, Value: int64(1)}})
+		interpolates = err == nil
+		if errors.Is(err, driver.ErrBadConn) {
+			return err // database/sql discards the connection
+		}
+		return nil
+	})
+	return interpolates, err
 }
 
 func (m *dedupeMarker) query(rows int) string {
@@ -250,8 +292,12 @@ func markRows[T any](ctx context.Context, m *dedupeMarker, tx *Tx, rows []Messag
 	}
 	b.args = args
 	s, prepared := m.stmts[len(rows)]
-	if !prepared {
-		_, err := tx.ExecContext(ctx, m.query(len(rows)), args...)
+	if !prepared || m.interpolates {
+		query, ok := m.queries[len(rows)]
+		if !ok {
+			query = m.query(len(rows))
+		}
+		_, err := tx.ExecContext(ctx, query, args...)
 		return err
 	}
 	start := time.Now()

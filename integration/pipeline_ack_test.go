@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/redis/rueidis"
 
 	"github.com/safesync-go/safesync"
@@ -278,5 +279,64 @@ func BenchmarkPipelinePerEntry(b *testing.B) {
 				b.ReportMetric(float64(rdb.commands.Load())/float64(b.N), "XACK/op")
 			})
 		}
+	}
+}
+
+// Once works the same whether the driver prepares statements or puts the
+// arguments into their text (interpolateParams=true, where the pipeline
+// runs its exactly-once inserts unprepared): each entry's effect once, an
+// entry recorded by an earlier transaction acknowledged without running
+// the handler, names with quotes and backslashes recorded byte for byte,
+// nothing pending.
+func TestPipelineOnceWithAndWithoutInterpolatedParameters(t *testing.T) {
+	for _, interpolate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("interpolateParams=%v", interpolate), func(t *testing.T) {
+			const n = 20
+			s := newAckSetup(t, 4, n)
+			s.db = openMySQL(t, func(c *mysql.Config) { c.InterpolateParams = interpolate })
+			ctx := context.Background()
+			rdb := openRedis(t)
+			group := `g'); DROP TABLE x; -- \` + "\\'"
+			if err := rdb.Do(ctx, rdb.B().XgroupCreate().Key(s.stream).Group(group).Id("0").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			first, err := rdb.Do(ctx, rdb.B().Xrange().Key(s.stream).Start("-").End("+").Count(1).Build()).AsXRange()
+			if err != nil || len(first) != 1 {
+				t.Fatalf("XRANGE: %v, %v", first, err)
+			}
+			// The first entry was applied by an earlier transaction.
+			if _, err := s.check.Exec("INSERT INTO `"+s.applied+"` (consumer_group, stream, entry_id) VALUES (?, ?, ?)", group, s.stream, first[0].ID); err != nil {
+				t.Fatal(err)
+			}
+			var committed, handled atomic.Int64
+			insert := "INSERT INTO `" + s.effects + "` (entry_id) VALUES (?)"
+			p := safesync.Stream(safesync.JSON[order]()).
+				Handle(func(ctx context.Context, tx *safesync.Tx, msg safesync.Message[order]) error {
+					handled.Add(1)
+					_, err := tx.ExecContext(ctx, insert, msg.ID)
+					return err
+				}).
+				AckAfter(safesync.Commit(s.db, safesync.WithMetrics(nil))).
+				AfterCommit(func(_ context.Context, msgs []safesync.Message[order]) { committed.Add(int64(len(msgs))) }).
+				Once(s.applied)
+			cfg := s.config(4)
+			cfg.Group = group
+			if err := s.runUntilCommitted(t, p, rdb, cfg, &committed, nil); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if n, err := xpendingCount(ctx, rdb, s.stream, group); err != nil || n != 0 {
+				t.Fatalf("XPENDING count = %d, %v; want 0", n, err)
+			}
+			if got := handled.Load(); got != n-1 {
+				t.Fatalf("the handler ran %d times, want %d (not for the entry recorded before)", got, n-1)
+			}
+			if got := countRows(t, s.check, s.effects); got != n-1 {
+				t.Fatalf("%d effects, want %d", got, n-1)
+			}
+			rows, err := safesync.Get[int64](ctx, s.check, "SELECT COUNT(*) FROM `"+s.applied+"` WHERE consumer_group = ? AND stream = ?", group, s.stream)
+			if err != nil || rows != n {
+				t.Fatalf("%d exactly-once records of the group, %v; want %d", rows, err, n)
+			}
+		})
 	}
 }
