@@ -141,40 +141,34 @@ func namedEntries[T any](err error, msgs []Message[T]) []int {
 	return named
 }
 
-// batchTxFor is txFor for a batch handler: one transaction that marks
-// msgs (with Once) and calls the handler with those not applied before.
-func (r *pipelineRun[T]) batchTxFor(msgs []Message[T]) Func[struct{}] {
-	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
-		run := msgs
-		if r.marker != nil {
-			fresh, err := markApplied(ctx, r.marker, tx, msgs)
-			if err != nil {
-				return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
-			}
-			for _, f := range fresh {
-				if !f {
-					run = freshOnly(msgs, fresh)
-					break
-				}
+// applyBatch is the transaction's function for a batch handler: it marks
+// t.msgs (with Once) and calls the handler with those not applied before.
+func (t *pipelineTx[T]) applyBatch(ctx context.Context, tx *Tx) (struct{}, error) {
+	r, msgs := t.r, t.msgs
+	run := msgs
+	if r.marker != nil {
+		fresh, err := markApplied(ctx, r.marker, tx, msgs, &t.mark)
+		if err != nil {
+			return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
+		}
+		for _, f := range fresh {
+			if !f {
+				run = freshOnly(msgs, fresh)
+				break
 			}
 		}
-		if len(run) == 0 {
-			return struct{}{}, nil
-		}
-		if err := callBatchTxHandler(ctx, tx, r.p.handleBatch, run); err != nil {
-			named := namedEntries(err, run)
-			if len(run) != len(msgs) {
-				named = indicesIn(msgs, run, named)
-			}
-			return struct{}{}, &batchFailure{err: err, named: named}
-		}
+	}
+	if len(run) == 0 {
 		return struct{}{}, nil
 	}
-	job := WithTx(r.p.commit.db, apply, r.p.commit.opts...)
-	if r.p.retry != nil {
-		job = Retry(*r.p.retry, job)
+	if err := callBatchTxHandler(ctx, tx, r.p.handleBatch, run); err != nil {
+		named := namedEntries(err, run)
+		if len(run) != len(msgs) {
+			named = indicesIn(msgs, run, named)
+		}
+		return struct{}{}, &batchFailure{err: err, named: named}
 	}
-	return job
+	return struct{}{}, nil
 }
 
 // freshOnly returns the entries of msgs that fresh marks.

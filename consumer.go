@@ -254,7 +254,8 @@ func (c *Consumer[T]) Ack(ctx context.Context, msgs ...Message[T]) error {
 		core          *streamCore // whose metrics count the acknowledgement
 		ids           []string
 	}
-	var targets []target // usually one
+	var oneTarget [1]target // usually one: on the stack
+	targets := oneTarget[:0]
 	for _, m := range msgs {
 		i := 0
 		for i < len(targets) && (targets[i].stream != m.Stream || targets[i].group != m.Group) {

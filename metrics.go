@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -249,15 +248,14 @@ func (m *Metrics) observeStatement(query string, elapsed time.Duration, err erro
 	if op == "" {
 		return
 	}
-	var me *mysql.MySQLError
-	if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1064) {
-		table = "" // no such table, or not parsable: the name is not bounded
-	}
-	label := m.tableLabel(table)
 	status := "success"
 	if err != nil {
 		status = "error"
+		if n := mysqlErrorNumber(err); n == 1146 || n == 1064 {
+			table = "" // no such table, or not parsable: the name is not bounded
+		}
 	}
+	label := m.tableLabel(table)
 	m.writeTotal.WithLabelValues(label, op, status).Inc()
 	m.writeLatency.WithLabelValues(label, op).Observe(elapsed.Seconds())
 }
@@ -313,16 +311,21 @@ func (m *Metrics) countRetry(reason string) {
 // caller then labels the statement "other").
 func statementTarget(query string) (op, table string) {
 	s := statementScanner{src: query}
-	switch kw := strings.ToLower(s.word()); kw {
-	case "insert", "replace":
-		op = kw
+	// The keyword is matched without changing its case, so that the
+	// statement of every write costs no allocation; op is a constant.
+	switch kw := s.word(); {
+	case strings.EqualFold(kw, "insert"), strings.EqualFold(kw, "replace"):
+		op = "insert"
+		if len(kw) == len("replace") {
+			op = "replace"
+		}
 		s.skipWords("low_priority", "delayed", "high_priority", "ignore")
 		s.skipWords("into")
-	case "update":
-		op = kw
+	case strings.EqualFold(kw, "update"):
+		op = "update"
 		s.skipWords("low_priority", "ignore")
-	case "delete":
-		op = kw
+	case strings.EqualFold(kw, "delete"):
+		op = "delete"
 		s.skipWords("low_priority", "quick", "ignore")
 		// DELETE FROM t … names the target after FROM; the multi-table
 		// form DELETE t1 FROM t1 JOIN … names it before.

@@ -3,6 +3,7 @@ package safesync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -84,9 +85,18 @@ const maxMarkRows = 2000
 // every pooled connection (database/sql prepares a statement once per
 // connection), so marking costs one round trip per chunk instead of a
 // prepare, an execute and a close. Other sizes run unprepared.
+//
+// When the driver puts the arguments into the statement's text itself
+// (go-sql-driver/mysql with interpolateParams=true), an unprepared
+// statement is one round trip too, and cheaper than binding the prepared
+// one to each transaction (Tx.StmtContext): the marker then runs its
+// statements unprepared, still with placeholders and arguments, as every
+// other statement of the transaction runs.
 type dedupeMarker struct {
-	insert string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
-	stmts  map[int]*sql.Stmt
+	insert       string // "INSERT INTO `t` (consumer_group, stream, entry_id) VALUES "
+	stmts        map[int]*sql.Stmt
+	queries      map[int]string // the statements of stmts
+	interpolates bool           // the driver interpolates arguments
 }
 
 func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (*dedupeMarker, error) {
@@ -94,19 +104,51 @@ func newDedupeMarker(ctx context.Context, db *sql.DB, table string, batch int) (
 	if err != nil {
 		return nil, err
 	}
-	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}}
+	m := &dedupeMarker{insert: "INSERT INTO " + q + " (consumer_group, stream, entry_id) VALUES ", stmts: map[int]*sql.Stmt{}, queries: map[int]string{}}
 	for _, rows := range []int{1, min(batch, maxMarkRows)} {
 		if _, done := m.stmts[rows]; done {
 			continue
 		}
-		s, err := db.PrepareContext(ctx, m.query(rows))
+		query := m.query(rows)
+		s, err := db.PrepareContext(ctx, query)
 		if err != nil {
 			m.close()
 			return nil, fmt.Errorf("safesync: prepare exactly-once insert into %s: %w", table, err)
 		}
-		m.stmts[rows] = s
+		m.stmts[rows], m.queries[rows] = s, query
+	}
+	if m.interpolates, err = driverInterpolates(ctx, db); err != nil {
+		m.close()
+		return nil, err
 	}
 	return m, nil
+}
+
+// driverInterpolates reports whether db's driver runs a statement with
+// arguments without preparing it, putting them into its text (as
+// go-sql-driver/mysql does with interpolateParams=true): it sends DO ?
+// with argument 1 to the driver, which then either runs it or answers
+// driver.ErrSkip.
+func driverInterpolates(ctx context.Context, db *sql.DB) (bool, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return false, fmt.Errorf("safesync: acquire connection: %w", err)
+	}
+	defer conn.Close()
+	interpolates := false
+	err = conn.Raw(func(dc any) error {
+		execer, ok := dc.(driver.ExecerContext)
+		if !ok {
+			return nil
+		}
+		_, err := execer.ExecContext(ctx, "DO ?", []driver.NamedValue{{Ordinal: 1, Value: int64(1)}})
+		interpolates = err == nil
+		if errors.Is(err, driver.ErrBadConn) {
+			return err // database/sql discards the connection
+		}
+		return nil
+	})
+	return interpolates, err
 }
 
 func (m *dedupeMarker) query(rows int) string {
@@ -162,37 +204,63 @@ func PruneDedupe(ctx context.Context, db *sql.DB, table string, olderThan time.D
 // entry seen before, costs one multi-row INSERT per maxMarkRows entries;
 // when one meets a duplicate key (MySQL then rolls back just that
 // statement) each entry of its chunk is marked on its own.
-func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T]) ([]bool, error) {
-	fresh := make([]bool, len(msgs))
+//
+// b holds the buffers, which one caller reuses from transaction to
+// transaction; the result is b's until its next use.
+func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T], b *markBuffers) ([]bool, error) {
+	if cap(b.fresh) < len(msgs) {
+		b.fresh = make([]bool, len(msgs))
+	}
+	fresh := b.fresh[:len(msgs)]
+	clear(fresh)
 	for lo := 0; lo < len(msgs); lo += maxMarkRows {
 		hi := min(lo+maxMarkRows, len(msgs))
-		if err := markChunk(ctx, m, tx, msgs[lo:hi], fresh[lo:hi]); err != nil {
+		if err := markChunk(ctx, m, tx, msgs[lo:hi], fresh[lo:hi], b); err != nil {
 			return nil, err
 		}
 	}
 	return fresh, nil
 }
 
-// markChunk is markApplied for at most maxMarkRows entries, filling fresh.
-func markChunk[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T], fresh []bool) error {
-	insert := func(rows []Message[T]) error {
-		args := make([]any, 0, 3*len(rows))
-		for _, r := range rows {
-			stream, id := r.Origin()
-			args = append(args, r.Group, stream, id)
-		}
-		s, prepared := m.stmts[len(rows)]
-		if !prepared {
-			_, err := tx.ExecContext(ctx, m.query(len(rows)), args...)
-			return err
-		}
-		start := time.Now()
-		_, err := tx.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
-		tx.metrics.observeStatement(m.insert, time.Since(start), err)
-		return err
+// markBuffers are the buffers of markApplied: the result, the
+// statement's arguments, and the group and stream names last converted to
+// arguments (the same for every entry of a consumer but replayed ones), so
+// that marking an entry boxes only its id.
+type markBuffers struct {
+	fresh         []bool
+	args          []any
+	group, stream string
+	groupArg      any
+	streamArg     any
+}
+
+// clear drops the arguments kept, which refer to entries.
+func (b *markBuffers) clear() {
+	clear(b.args)
+	b.args = b.args[:0]
+}
+
+// groupArgument returns group as an argument, boxed once while it stays
+// the same.
+func (b *markBuffers) groupArgument(group string) any {
+	if b.groupArg == nil || b.group != group {
+		b.group, b.groupArg = group, group
 	}
+	return b.groupArg
+}
+
+// streamArgument is groupArgument for the stream name.
+func (b *markBuffers) streamArgument(stream string) any {
+	if b.streamArg == nil || b.stream != stream {
+		b.stream, b.streamArg = stream, stream
+	}
+	return b.streamArg
+}
+
+// markChunk is markApplied for at most maxMarkRows entries, filling fresh.
+func markChunk[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Message[T], fresh []bool, b *markBuffers) error {
 	if len(msgs) > 1 {
-		err := insert(msgs)
+		err := markRows(ctx, m, tx, msgs, b)
 		if err == nil {
 			for i := range fresh {
 				fresh[i] = true
@@ -204,7 +272,7 @@ func markChunk[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Messa
 		}
 	}
 	for i := range msgs {
-		err := insert(msgs[i : i+1])
+		err := markRows(ctx, m, tx, msgs[i:i+1], b)
 		switch {
 		case err == nil:
 			fresh[i] = true
@@ -213,4 +281,27 @@ func markChunk[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Messa
 		}
 	}
 	return nil
+}
+
+// markRows inserts the exactly-once records of rows in one statement.
+func markRows[T any](ctx context.Context, m *dedupeMarker, tx *Tx, rows []Message[T], b *markBuffers) error {
+	args := b.args[:0]
+	for _, r := range rows {
+		stream, id := r.Origin()
+		args = append(args, b.groupArgument(r.Group), b.streamArgument(stream), id)
+	}
+	b.args = args
+	s, prepared := m.stmts[len(rows)]
+	if !prepared || m.interpolates {
+		query, ok := m.queries[len(rows)]
+		if !ok {
+			query = m.query(len(rows))
+		}
+		_, err := tx.ExecContext(ctx, query, args...)
+		return err
+	}
+	start := time.Now()
+	_, err := tx.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	tx.metrics.observeStatement(m.insert, time.Since(start), err)
+	return err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -269,6 +270,45 @@ type pipelineRun[T any] struct {
 	p      Pipeline[T]
 	c      *Consumer[T]
 	marker *dedupeMarker // with Once
+	txs    sync.Pool     // of *pipelineTx[T]
+
+	observerOnce sync.Once
+	observerCtx  context.Context // for AfterCommit: the handlers' ctx without its cancellation
+}
+
+// pipelineTx runs the pipeline's transactions, one at a time: its Func,
+// built once, applies the entries in msgs. Workers take one from the
+// run's pool for each transaction, so that a transaction allocates no
+// closure, option set or buffer of its own.
+type pipelineTx[T any] struct {
+	r    *pipelineRun[T]
+	msgs []Message[T] // the entries of the transaction running
+	job  Func[struct{}]
+	mark markBuffers // with Once
+}
+
+// getTx returns a pipelineTx from the run's pool.
+func (r *pipelineRun[T]) getTx() *pipelineTx[T] {
+	if t, ok := r.txs.Get().(*pipelineTx[T]); ok {
+		return t
+	}
+	t := &pipelineTx[T]{r: r}
+	apply := t.apply
+	if r.p.handleBatch != nil {
+		apply = t.applyBatch
+	}
+	t.job = WithTx(r.p.commit.db, apply, r.p.commit.opts...)
+	if r.p.retry != nil {
+		t.job = Retry(*r.p.retry, t.job)
+	}
+	return t
+}
+
+// putTx returns t to the run's pool, keeping no entry.
+func (r *pipelineRun[T]) putTx(t *pipelineTx[T]) {
+	t.msgs = nil
+	t.mark.clear()
+	r.txs.Put(t)
 }
 
 // entryFailure is a handler failure attributable to one entry of a batch.
@@ -280,36 +320,35 @@ type entryFailure struct {
 func (e *entryFailure) Error() string { return e.err.Error() }
 func (e *entryFailure) Unwrap() error { return e.err }
 
-// txFor returns the whole unit of work for msgs: one transaction that marks
-// (with Once) and applies each entry in order; wrapped in the pipeline's
-// Retry policy if it has one.
-func (r *pipelineRun[T]) txFor(msgs []Message[T]) Func[struct{}] {
-	if r.p.handleBatch != nil {
-		return r.batchTxFor(msgs)
-	}
-	apply := func(ctx context.Context, tx *Tx) (struct{}, error) {
-		var fresh []bool
-		if r.marker != nil {
-			var err error
-			if fresh, err = markApplied(ctx, r.marker, tx, msgs); err != nil {
-				return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
-			}
+// run runs the whole unit of work for msgs: one transaction that marks
+// (with Once) and applies each entry in order, under the pipeline's Retry
+// policy if it has one.
+func (t *pipelineTx[T]) run(ctx context.Context, msgs []Message[T]) error {
+	t.msgs = msgs
+	_, err := t.job(ctx)
+	return err
+}
+
+// apply is the transaction's function: it marks (with Once) and applies
+// each entry of t.msgs in order.
+func (t *pipelineTx[T]) apply(ctx context.Context, tx *Tx) (struct{}, error) {
+	r, msgs := t.r, t.msgs
+	var fresh []bool
+	if r.marker != nil {
+		var err error
+		if fresh, err = markApplied(ctx, r.marker, tx, msgs, &t.mark); err != nil {
+			return struct{}{}, fmt.Errorf("safesync: record entries in %s: %w", r.p.once, err)
 		}
-		for i, msg := range msgs {
-			if fresh != nil && !fresh[i] {
-				continue // applied by an earlier, committed transaction
-			}
-			if err := callTxHandler(ctx, tx, r.p.handle, msg); err != nil {
-				return struct{}{}, &entryFailure{index: i, err: err}
-			}
+	}
+	for i, msg := range msgs {
+		if fresh != nil && !fresh[i] {
+			continue // applied by an earlier, committed transaction
 		}
-		return struct{}{}, nil
+		if err := callTxHandler(ctx, tx, r.p.handle, msg); err != nil {
+			return struct{}{}, &entryFailure{index: i, err: err}
+		}
 	}
-	job := WithTx(r.p.commit.db, apply, r.p.commit.opts...)
-	if r.p.retry != nil {
-		job = Retry(*r.p.retry, job)
-	}
-	return job
+	return struct{}{}, nil
 }
 
 // callTxHandler runs the handler, turning a panic into an error the
@@ -350,6 +389,10 @@ func (r *pipelineRun[T]) handleUnit(e *engine[T], w *worker[T], u *unit[T]) {
 // entry not yet committed pending, uncounted.
 func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int) {
 	ctx := e.handlerCtx
+	if len(idx) == 1 { // nothing to set aside
+		r.commitAlone(ctx, e, w, u, idx)
+		return
+	}
 	var setAside []int
 	for len(idx) > 1 {
 		err := r.commit(ctx, e, w, u, idx)
@@ -370,20 +413,26 @@ func (r *pipelineRun[T]) apply(e *engine[T], w *worker[T], u *unit[T], idx []int
 		return
 	}
 	setAside = append(setAside, idx...)
-	for j, i := range setAside {
+	for j := range setAside {
 		if j > 0 && r.stopping(e, u, setAside[j:]) {
 			return
 		}
-		err := r.commit(ctx, e, w, u, []int{i})
-		if err == nil {
-			continue
-		}
-		var ef *entryFailure
-		if errors.As(err, &ef) {
-			e.failed(u, i, ef.err, classifyFailure(ctx, ef.err))
-		} else {
-			e.notOwn(u, []int{i}, err, notOwnFailure(ctx, err))
-		}
+		r.commitAlone(ctx, e, w, u, setAside[j:j+1])
+	}
+}
+
+// commitAlone runs the transaction of the unit's one entry idx[0], and
+// settles its failure if it fails.
+func (r *pipelineRun[T]) commitAlone(ctx context.Context, e *engine[T], w *worker[T], u *unit[T], idx []int) {
+	err := r.commit(ctx, e, w, u, idx)
+	if err == nil {
+		return
+	}
+	var ef *entryFailure
+	if errors.As(err, &ef) {
+		e.failed(u, idx[0], ef.err, classifyFailure(ctx, ef.err))
+	} else {
+		e.notOwn(u, idx, err, notOwnFailure(ctx, err))
 	}
 }
 
@@ -425,7 +474,9 @@ func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T],
 	for j, i := range idx {
 		msgs[j].span = u.msgs[i].span
 	}
-	_, err := r.txFor(msgs)(ctx)
+	t := r.getTx()
+	err := t.run(ctx, msgs)
+	r.putTx(t)
 	if span != nil {
 		endUnit(ctx, span, &core.spans, u, idx, err == nil || errors.Is(err, ErrAfterCommit), err)
 	}
@@ -439,10 +490,20 @@ func (r *pipelineRun[T]) commit(ctx context.Context, e *engine[T], w *worker[T],
 		core.log.Error("safesync: a hook after COMMIT failed; the entries are committed and acknowledged", "id", msgs[0].ID, "error", err)
 	}
 	if r.p.afterCommit != nil {
-		r.p.afterCommit(context.WithoutCancel(ctx), msgs)
+		r.p.afterCommit(r.observerContext(ctx, e), msgs)
 	}
 	e.succeeded(w, u, idx)
 	return nil
+}
+
+// observerContext returns ctx without its cancellation, for AfterCommit;
+// the handlers' ctx (untraced transactions) is detached once per run.
+func (r *pipelineRun[T]) observerContext(ctx context.Context, e *engine[T]) context.Context {
+	if ctx != e.handlerCtx {
+		return context.WithoutCancel(ctx)
+	}
+	r.observerOnce.Do(func() { r.observerCtx = context.WithoutCancel(e.handlerCtx) })
+	return r.observerCtx
 }
 
 func unwrapEntryFailure(err error) error {

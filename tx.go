@@ -91,6 +91,7 @@ type txConfig struct {
 	hasMetrics  bool
 	independent bool
 	hookTimeout time.Duration
+	txOptions   sql.TxOptions // from isolation and readOnly, given to BeginTx
 }
 
 // DefaultTxLabel is the transactions_total label of a WithTx without Label.
@@ -148,9 +149,41 @@ type Tx struct {
 	onEnd    []func(ctx context.Context, conn *sql.Conn, committed bool) error
 	tracer   Tracer // the Tracer the transaction started with, or nil
 	span     Span   // the transaction's span, when tracer is not nil
+
+	// The contexts of BEGIN and of fn live in the Tx, so that a
+	// transaction allocates them with itself.
+	beginCtx detachedContext
+	fnCtx    txContext
 }
 
 type txKey struct{}
+
+// txContext is the ctx a transaction's function receives: its parent's
+// deadline, cancellation and values, and the transaction under txKey, as
+// context.WithValue(parent, txKey{}, tx) would make it.
+type txContext struct {
+	context.Context
+	tx *Tx
+}
+
+// Value returns the transaction for txKey, else the parent's value.
+func (c *txContext) Value(key any) any {
+	if _, ok := key.(txKey); ok {
+		return c.tx
+	}
+	return c.Context.Value(key)
+}
+
+// detachedContext is its parent's values without its deadline or
+// cancellation, as context.WithoutCancel(parent) would make it.
+type detachedContext struct {
+	parent context.Context
+}
+
+func (detachedContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (detachedContext) Done() <-chan struct{}       { return nil }
+func (detachedContext) Err() error                  { return nil }
+func (c *detachedContext) Value(key any) any        { return c.parent.Value(key) }
 
 // Transaction outcomes, the values of the outcome label.
 const (
@@ -264,6 +297,7 @@ func WithTx[T any](db *sql.DB, fn TxFunc[T], opts ...TxOption) Func[T] {
 	if !cfg.hasMetrics {
 		cfg.metrics = DefaultMetrics()
 	}
+	cfg.txOptions = sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly}
 	return func(ctx context.Context) (T, error) {
 		return runTx(ctx, db, &cfg, fn)
 	}
@@ -292,25 +326,28 @@ func runTx[T any](ctx context.Context, db *sql.DB, cfg *txConfig, fn TxFunc[T]) 
 		return zero, fmt.Errorf("safesync: acquire connection: %w", err)
 	}
 	start := time.Now()
+	tx := &Tx{db: db, conn: conn, metrics: cfg.metrics, label: cfg.label, tracer: tracer, span: span}
 	// BEGIN runs under a ctx without cancellation so that database/sql does
 	// not roll back behind our back when ctx ends: we roll back ourselves,
 	// on the same connection, and then run the end hooks on it.
 	beginCtx := ctx
 	if ctx.Done() != nil {
-		beginCtx = context.WithoutCancel(ctx)
+		tx.beginCtx.parent = ctx
+		beginCtx = &tx.beginCtx
 	}
-	sqlTx, err := conn.BeginTx(beginCtx, &sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly})
+	sqlTx, err := conn.BeginTx(beginCtx, &cfg.txOptions)
 	if err != nil {
 		conn.Close()
 		// The connection failed before fn ran: nothing was done, and
 		// nothing can be committed.
 		return zero, markRolledBack(fmt.Errorf("safesync: begin: %w", err))
 	}
-	tx := &Tx{db: db, tx: sqlTx, conn: conn, metrics: cfg.metrics, label: cfg.label, tracer: tracer, span: span}
+	tx.tx = sqlTx
 	// No cancel func is added: a ctx with a Done channel makes the driver
 	// start a cancellation watcher for every statement, which the caller's
 	// ctx may not need.
-	fnCtx := context.WithValue(ctx, txKey{}, tx)
+	tx.fnCtx = txContext{Context: ctx, tx: tx}
+	fnCtx := &tx.fnCtx
 
 	finished := false
 	defer func() {

@@ -68,6 +68,7 @@ var (
 	accounts    = flag.Int("accounts", 1000, "rows the updates spread over")
 	only        = flag.String("only", "", "run only the contenders whose names match this regular expression")
 	cpuprofile  = flag.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+	memprofile  = flag.String("memprofile", "", "write an allocation profile of the runs to this file")
 	out         = flag.String("json", "", "also write every sample to this file, as JSON")
 )
 
@@ -86,6 +87,32 @@ type sample struct {
 	elapsed       time.Duration
 	allocs, bytes float64
 	cpu           float64 // this process's user + system CPU, µs per entry
+	xacks         float64 // XACK commands sent, per entry
+}
+
+// xackCounter counts the XACK commands sent through it, so that a run
+// shows how many acknowledgements went out per entry.
+type xackCounter struct {
+	rueidis.Client
+	n atomic.Int64
+}
+
+func (c *xackCounter) count(cmd rueidis.Completed) {
+	if cs := cmd.Commands(); len(cs) > 0 && cs[0] == "XACK" {
+		c.n.Add(1)
+	}
+}
+
+func (c *xackCounter) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	c.count(cmd)
+	return c.Client.Do(ctx, cmd)
+}
+
+func (c *xackCounter) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	for _, cmd := range cmds {
+		c.count(cmd)
+	}
+	return c.Client.DoMulti(ctx, cmds...)
 }
 
 // cpuTime is this process's user and system CPU time so far.
@@ -103,6 +130,9 @@ var cpuPerEntry = map[string][]float64{}
 
 func main() {
 	flag.Parse()
+	if *memprofile != "" {
+		runtime.MemProfileRate = 4096 // enough samples for a short run
+	}
 	ctx := context.Background()
 	db, err := sql.Open("mysql", *mysqlDSN)
 	if err != nil {
@@ -111,11 +141,12 @@ func main() {
 	db.SetMaxOpenConns(*concurrency + 4)
 	db.SetMaxIdleConns(*concurrency + 4)
 	defer db.Close()
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true})
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer rdb.Close()
+	defer client.Close()
+	rdb := &xackCounter{Client: client}
 
 	contenders := []contender{
 		{"hand-written loop", handWritten(1)},
@@ -155,8 +186,19 @@ func main() {
 			}
 			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
 			cpuPerEntry[c.name] = append(cpuPerEntry[c.name], s.cpu)
-			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s  %5.1f µs CPU/entry  load %s\n", rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.cpu, loadAverage())
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.0f ms  %8.0f entries/s  %5.1f µs CPU/entry  %5.1f allocs/entry  %5.0f B/entry  %.3f XACK/entry  load %s\n",
+				rep+1, c.name, ms(s.elapsed), float64(*n)/s.elapsed.Seconds(), s.cpu, s.allocs, s.bytes, s.xacks, loadAverage())
 		}
+	}
+	if *memprofile != "" {
+		f, err := os.Create(*memprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			log.Fatal(err)
+		}
+		f.Close()
 	}
 	report(contenders, &run)
 	if *out != "" {
@@ -167,7 +209,7 @@ func main() {
 }
 
 // measure prepares fresh data, runs c once and verifies the outcome.
-func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (sample, error) {
+func measure(ctx context.Context, db *sql.DB, rdb *xackCounter, c contender) (sample, error) {
 	stream := "{bench-pipeline}:" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	want, err := prepare(ctx, db, rdb, stream)
 	if err != nil {
@@ -177,12 +219,14 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	xacks := rdb.n.Load()
 	start, cpuStart := time.Now(), cpuTime()
 	if err := c.run(ctx, db, rdb, stream); err != nil {
 		return sample{}, err
 	}
 	elapsed, cpu := time.Since(start), cpuTime()-cpuStart
 	runtime.ReadMemStats(&after)
+	xacks = rdb.n.Load() - xacks
 	got, err := safesync.Get[int64](ctx, db, "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) FROM "+table)
 	if err != nil {
 		return sample{}, err
@@ -198,6 +242,7 @@ func measure(ctx context.Context, db *sql.DB, rdb rueidis.Client, c contender) (
 		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
 		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
 		cpu:     float64(cpu.Microseconds()) / float64(*n),
+		xacks:   float64(xacks) / float64(*n),
 	}, nil
 }
 
