@@ -150,9 +150,20 @@ func outboxRelayWorker(ctx context.Context, raw json.RawMessage) (any, error) {
 		return nil, err
 	}
 	defer root.Close()
-	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{a.RedisAddr}, DisableCache: true})
-	if err != nil {
-		return nil, err
+	// A relay restarted while Redis restarts finds it down: rueidis dials
+	// when the client is made, so wait for Redis as a supervised process
+	// would be restarted until it comes up.
+	var rdb rueidis.Client
+	for {
+		rdb, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{a.RedisAddr}, DisableCache: true})
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	defer rdb.Close()
 	m, err := safesync.NewMetrics(safesync.MetricsOptions{Registerer: prometheus.NewRegistry()})
@@ -275,7 +286,8 @@ func (f *outboxFault) leader() int {
 func (f *outboxFault) killRelay(i int) {
 	t := f.t
 	if err := f.relays[i].cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("kill relay %d: %v", i, err)
+		exit := waitExit(f.relays[i], time.Second)
+		t.Fatalf("kill relay %d: %v (it ended by itself: %v)\nstderr:\n%s", i, err, exit, f.relays[i].stderr.String())
 	}
 	if err := waitExit(f.relays[i], 30*time.Second); err == nil {
 		t.Fatalf("relay %d exited cleanly after SIGKILL", i)
