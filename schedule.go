@@ -157,7 +157,12 @@ func (w *worker[T]) ack(s *scheduler[T], u *unit[T], i int) {
 	}
 }
 
-// take removes and returns the ids buffered for part.
+// take removes and returns the ids buffered for part. Once none is left,
+// the wait of flushIfDue starts again with the next: an inline reader
+// takes its acknowledgements for its next read, and those of a read must
+// not be handed to the acknowledger early because earlier ones waited
+// (an XACK on its own costs a round trip, and one sent beside a read
+// makes rueidis pipeline the connection through goroutines from then on).
 func (w *worker[T]) take(part int) []string {
 	if part >= len(w.acks) {
 		return nil
@@ -165,6 +170,9 @@ func (w *worker[T]) take(part int) []string {
 	ids := w.acks[part]
 	w.acks[part] = nil
 	w.pending -= len(ids)
+	if w.pending == 0 {
+		w.since = time.Time{}
+	}
 	return ids
 }
 

@@ -253,3 +253,39 @@ func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
 		t.Fatalf("acknowledged %v, want 1-0 in each of partitions 0 and 1", acked)
 	}
 }
+
+// An inline reader takes its acknowledgements for its next read: those of
+// one read are not handed to the acknowledger because the acknowledgements
+// of an earlier read, already taken, had waited ackFlushAfter. Sent on
+// their own they cost a round trip each, and beside the reads they made
+// rueidis pipeline the connection through goroutines from then on.
+func TestInlineReaderKeepsTheAcknowledgementsOfEachReadForTheNext(t *testing.T) {
+	s := &scheduler[int]{}
+	var handed []string
+	s.flushAcks = func(_ int, ids []string) { handed = append(handed, ids...) }
+	var w worker[int]
+	start := time.Now()
+	for read := range 5 {
+		if ids := w.take(0); read > 0 && len(ids) != 3 {
+			t.Fatalf("read %d: took %v, want the previous read's 3 ids", read, ids)
+		}
+		for i := range 3 {
+			u := &unit[int]{msgs: []Message[int]{{ID: fmt.Sprintf("%d-%d", read, i)}}}
+			w.ack(s, u, 0)
+			// Each read is handled within a millisecond, and the reads
+			// follow each other for longer than ackFlushAfter.
+			w.flushIfDue(s, start.Add(time.Duration(read)*ackFlushAfter+time.Duration(i)*time.Millisecond/4))
+		}
+	}
+	if len(handed) > 0 {
+		t.Fatalf("ids %v handed to the acknowledger, want every read's taken by the next read", handed)
+	}
+	// A read whose own acknowledgements waited ackFlushAfter still hands
+	// them over.
+	w.ack(s, &unit[int]{msgs: []Message[int]{{ID: "5-0"}}}, 0)
+	w.flushIfDue(s, start.Add(10*ackFlushAfter))
+	w.flushIfDue(s, start.Add(11*ackFlushAfter))
+	if len(handed) != 4 {
+		t.Fatalf("handed %v, want the 3 of the last read and 5-0 once they waited ackFlushAfter", handed)
+	}
+}
