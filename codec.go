@@ -70,11 +70,11 @@ func JSON[T any](opts ...JSONOption) Decoder[T] {
 	}
 	keys := newKeyChecker(reflect.TypeFor[T](), cfg.exactKeys)
 	return func(fields map[string]string) (T, error) {
-		v, err := decodeJSON[T](fields)
+		v, data, err := decodeJSON[T](fields)
 		if err != nil || keys == nil {
 			return v, err
 		}
-		if err := keys.check([]byte(fields[DataField]), reflect.TypeFor[T]()); err != nil {
+		if err := keys.check(data, reflect.TypeFor[T]()); err != nil {
 			var zero T
 			return zero, fmt.Errorf("%w: %w", ErrDecode, err)
 		}
@@ -96,27 +96,29 @@ type jsonConfig struct {
 // field with the producer's key when using it.
 func ExactKeys() JSONOption { return func(c *jsonConfig) { c.exactKeys = true } }
 
-func decodeJSON[T any](fields map[string]string) (T, error) {
+// decodeJSON decodes the data field of fields into a T, and returns the
+// field's bytes for the key checks.
+func decodeJSON[T any](fields map[string]string) (T, []byte, error) {
 	var v T
 	data, ok := fields[DataField]
 	if !ok {
-		return v, fmt.Errorf("%w: no %q field", ErrDecode, DataField)
+		return v, nil, fmt.Errorf("%w: no %q field", ErrDecode, DataField)
 	}
 	if !utf8.ValidString(data) {
-		return v, fmt.Errorf("%w: %q field is not valid UTF-8", ErrDecode, DataField)
+		return v, nil, fmt.Errorf("%w: %q field is not valid UTF-8", ErrDecode, DataField)
 	}
 	b := []byte(data)
 	if !isJSONObject(b) {
-		return v, fmt.Errorf("%w: %q field is not a JSON object", ErrDecode, DataField)
+		return v, nil, fmt.Errorf("%w: %q field is not a JSON object", ErrDecode, DataField)
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
-		return v, fmt.Errorf("%w: %w", ErrDecode, err)
+		return v, nil, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	if err := findLoneSurrogate(b); err != nil {
 		var zero T
-		return zero, fmt.Errorf("%w: %w", ErrDecode, err)
+		return zero, nil, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
-	return v, nil
+	return v, b, nil
 }
 
 // findLoneSurrogate reports a \u escape of a UTF-16 surrogate (U+D800 to
@@ -175,8 +177,16 @@ func hex4(b []byte) rune {
 // isJSONObject reports whether b, past leading JSON whitespace, starts an
 // object. json.Unmarshal checks the rest.
 func isJSONObject(b []byte) bool {
-	b = bytes.TrimLeft(b, " \t\r\n")
-	return len(b) > 0 && b[0] == '{'
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		case '{':
+			return true
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // EncodeJSON writes v in the original's wire format: one field, "data",

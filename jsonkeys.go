@@ -22,7 +22,13 @@ type keyChecker struct {
 	// all are one of names, or match no name even when case is ignored,
 	// cannot fill a field under another spelling, and is not walked.
 	names, folded map[string]bool
+	// few lists names when there are at most maxFewNames: comparing a key
+	// with each costs less than hashing it.
+	few []string
 }
+
+// maxFewNames is the most names keyChecker compares one by one.
+const maxFewNames = 8
 
 // jsonField is one field of a struct as encoding/json names it.
 type jsonField struct {
@@ -52,7 +58,25 @@ func newKeyChecker(t reflect.Type, exact bool) *keyChecker {
 	if len(c.names) == 0 {
 		return nil
 	}
+	if len(c.names) <= maxFewNames {
+		for name := range c.names {
+			c.few = append(c.few, name)
+		}
+	}
 	return c
+}
+
+// isName reports whether key is one of the names as written.
+func (c *keyChecker) isName(key []byte) bool {
+	if c.few == nil {
+		return c.names[string(key)]
+	}
+	for _, name := range c.few {
+		if string(key) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // collect adds the field names of every struct type values of t can hold.
@@ -161,12 +185,18 @@ func (c *keyChecker) mayMisspell(data []byte) bool {
 			continue
 		}
 		start, escaped := i+1, false
-		for i++; data[i] != '"'; i++ {
-			if data[i] == '\\' {
+		for i = start; i < len(data); i++ {
+			if c := data[i]; c == '"' {
+				break
+			} else if c == '\\' {
 				escaped = true
 				i++
 			}
 		}
+		if i >= len(data) {
+			return false // not valid JSON: json.Unmarshal refused it already
+		}
+		key := data[start:i]
 		j := i + 1
 		for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\n' || data[j] == '\r') {
 			j++
@@ -174,11 +204,10 @@ func (c *keyChecker) mayMisspell(data []byte) bool {
 		if j == len(data) || data[j] != ':' {
 			continue // a string value, not a key
 		}
-		key := data[start:i]
 		if escaped {
 			return true
 		}
-		if !c.names[string(key)] && c.folded[strings.ToLower(string(key))] {
+		if !c.isName(key) && c.folded[strings.ToLower(string(key))] {
 			return true
 		}
 	}
