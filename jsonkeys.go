@@ -97,11 +97,9 @@ func (c *keyChecker) collect(t reflect.Type, seen map[reflect.Type]bool) {
 	}
 }
 
-// check walks data, which json.Unmarshal accepted into a t.
-func (c *keyChecker) check(data []byte, t reflect.Type) error {
-	if !c.mayMisspell(data) {
-		return nil
-	}
+// walk walks data, which json.Unmarshal accepted into a t, checking every
+// key.
+func (c *keyChecker) walk(data []byte, t reflect.Type) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return c.value(dec, t)
@@ -178,7 +176,9 @@ func (c *keyChecker) value(dec *json.Decoder, t reflect.Type) error {
 // mayMisspell reports whether valid JSON data has an object key that could
 // fill a field under another spelling than the field's own: one that is no
 // field name as written but is one when case is ignored, or one with an
-// escape (not read here). Other documents need no walk.
+// escape (not read here). Other documents need no walk. JSON's decoder
+// finds the same in its one pass over the text (scanJSONText); this is
+// the reference it is tested against.
 func (c *keyChecker) mayMisspell(data []byte) bool {
 	for i := 0; i < len(data); i++ {
 		if data[i] != '"' {
@@ -204,14 +204,17 @@ func (c *keyChecker) mayMisspell(data []byte) bool {
 		if j == len(data) || data[j] != ':' {
 			continue // a string value, not a key
 		}
-		if escaped {
-			return true
-		}
-		if !c.isName(key) && c.folded[strings.ToLower(string(key))] {
+		if escaped || c.foldsOnto(key) {
 			return true
 		}
 	}
 	return false
+}
+
+// foldsOnto reports whether key, without escapes, is no field name as
+// written but is one when case is ignored.
+func (c *keyChecker) foldsOnto(key []byte) bool {
+	return !c.isName(key) && c.folded[strings.ToLower(string(key))]
 }
 
 // matchJSONField finds the field key fills: an exact match first, else one
