@@ -28,11 +28,11 @@ const maxAckBatch = 512
 type acker struct {
 	core *streamCore
 	ctx  context.Context // values of Run's ctx, without its cancellation
-	// settle is called with the ids of each XACK once it succeeded
-	// (acked) or failed for good.
-	settle func(ids []string, acked bool)
+	// settle is called with the in-flight records of the entries of each
+	// XACK once it succeeded (acked) or failed for good.
+	settle func(refs []heldRef, acked bool)
 	report func(err error) // told of XACKs failing for want of Redis
-	ids    chan []string
+	queue  chan ackBurst
 	done   chan struct{}
 
 	mu       sync.Mutex
@@ -40,44 +40,69 @@ type acker struct {
 	lastErr  error
 }
 
-func newAcker(core *streamCore, ctx context.Context, settle func(ids []string, acked bool), report func(err error)) *acker {
-	a := &acker{core: core, ctx: ctx, settle: settle, report: report, ids: make(chan []string, 64), done: make(chan struct{})}
+// ackBurst is entries handed over for acknowledgement at once: their ids
+// and their in-flight records (refs[i] is ids[i]'s).
+type ackBurst struct {
+	ids  []string
+	refs []heldRef
+}
+
+// pendingAcks are the entries waiting for an XACK that succeeds.
+type pendingAcks struct {
+	ids  []string
+	refs []heldRef
+}
+
+func (p *pendingAcks) add(b ackBurst) {
+	p.ids = append(p.ids, b.ids...)
+	p.refs = append(p.refs, b.refs...)
+}
+
+// drop forgets the first n.
+func (p *pendingAcks) drop(n int) {
+	p.ids = append(p.ids[:0], p.ids[n:]...)
+	p.refs = append(p.refs[:0], p.refs[n:]...)
+}
+
+func newAcker(core *streamCore, ctx context.Context, settle func(refs []heldRef, acked bool), report func(err error)) *acker {
+	a := &acker{core: core, ctx: ctx, settle: settle, report: report, queue: make(chan ackBurst, 64), done: make(chan struct{})}
 	go a.loop()
 	return a
 }
 
-// add queues ids for acknowledgement and takes ownership of the slice. It
-// blocks only while the queue is full, which slows handlers down to the
-// pace Redis acknowledges at.
-func (a *acker) add(ids []string) { a.ids <- ids }
+// add queues ids, whose in-flight records are refs, for acknowledgement
+// and takes ownership of the slices. It blocks only while the queue is
+// full, which slows handlers down to the pace Redis acknowledges at.
+func (a *acker) add(ids []string, refs []heldRef) { a.queue <- ackBurst{ids, refs} }
 
 func (a *acker) loop() {
 	defer close(a.done)
-	var pending []string // waiting for an XACK that succeeds
+	var pending pendingAcks // waiting for an XACK that succeeds
 	var b readBackoff
 	open := true
-	for open || len(pending) > 0 {
-		if len(pending) == 0 {
-			ids, ok := <-a.ids
+	for open || len(pending.ids) > 0 {
+		if len(pending.ids) == 0 {
+			burst, ok := <-a.queue
 			if !ok {
 				return
 			}
-			pending = append(pending, ids...)
+			pending.add(burst)
 		}
 	merge:
-		for open && len(pending) < maxAckBatch {
+		for open && len(pending.ids) < maxAckBatch {
 			select {
-			case more, ok := <-a.ids:
+			case more, ok := <-a.queue:
 				if !ok {
 					open = false
 					break merge
 				}
-				pending = append(pending, more...)
+				pending.add(more)
 			default:
 				break merge
 			}
 		}
-		batch := pending[:min(len(pending), maxAckBatch)]
+		n := min(len(pending.ids), maxAckBatch)
+		batch := pending.ids[:n]
 		ctx, cancel := context.WithTimeout(a.ctx, ackTimeout)
 		_, err := a.core.ack(ctx, a.core.cfg.Stream, a.core.cfg.Group, batch)
 		cancel()
@@ -96,15 +121,15 @@ func (a *acker) loop() {
 		if err != nil {
 			a.failed(err)
 		}
-		a.settle(batch, err == nil)
-		pending = append(pending[:0], pending[len(batch):]...)
+		a.settle(pending.refs[:n], err == nil)
+		pending.drop(n)
 	}
 }
 
 // wait waits for the backoff before an XACK is sent again, taking in ids
 // queued meanwhile. It reports false when the queue was closed (Run
 // ends) instead.
-func (a *acker) wait(b *readBackoff, pending *[]string, open *bool) bool {
+func (a *acker) wait(b *readBackoff, pending *pendingAcks, open *bool) bool {
 	if b.d == 0 {
 		b.d = probeMin
 	} else {
@@ -116,26 +141,27 @@ func (a *acker) wait(b *readBackoff, pending *[]string, open *bool) bool {
 		select {
 		case <-t.C:
 			return true
-		case more, ok := <-a.ids:
+		case more, ok := <-a.queue:
 			if !ok {
 				*open = false
 				return false
 			}
-			*pending = append(*pending, more...)
+			pending.add(more)
 		}
 	}
 }
 
-// retryOrFail settles ids whose XACK, sent with a read, failed with err:
-// sent again by the acker when Redis could not be reached, else counted
-// as failed and released. It is called by the reader only.
-func (a *acker) retryOrFail(ids []string, err error) {
+// retryOrFail settles ids, whose in-flight records are refs, whose XACK,
+// sent with a read, failed with err: sent again by the acker when Redis
+// could not be reached, else counted as failed and released. It is called
+// by the reader only.
+func (a *acker) retryOrFail(ids []string, refs []heldRef, err error) {
 	if len(ids) > 0 && retryable(err) {
-		a.add(ids)
+		a.add(ids, refs)
 		return
 	}
 	a.failed(err)
-	a.settle(ids, false)
+	a.settle(refs, false)
 }
 
 // failed records an acknowledgement that failed for good, so that Run
@@ -151,7 +177,7 @@ func (a *acker) failed(err error) {
 // close sends the acknowledgements still queued, stops the goroutine and
 // reports the failures seen. Every add must have returned.
 func (a *acker) close() error {
-	close(a.ids)
+	close(a.queue)
 	<-a.done
 	a.mu.Lock()
 	defer a.mu.Unlock()

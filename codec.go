@@ -70,11 +70,11 @@ func JSON[T any](opts ...JSONOption) Decoder[T] {
 	}
 	keys := newKeyChecker(reflect.TypeFor[T](), cfg.exactKeys)
 	return func(fields map[string]string) (T, error) {
-		v, data, err := decodeJSON[T](fields)
-		if err != nil || keys == nil {
+		v, data, misspell, err := decodeJSON[T](fields, keys)
+		if err != nil || !misspell {
 			return v, err
 		}
-		if err := keys.check(data, reflect.TypeFor[T]()); err != nil {
+		if err := keys.walk(data, reflect.TypeFor[T]()); err != nil {
 			var zero T
 			return zero, fmt.Errorf("%w: %w", ErrDecode, err)
 		}
@@ -96,29 +96,106 @@ type jsonConfig struct {
 // field with the producer's key when using it.
 func ExactKeys() JSONOption { return func(c *jsonConfig) { c.exactKeys = true } }
 
-// decodeJSON decodes the data field of fields, and returns it as bytes
-// too (converted once, for the key check).
-func decodeJSON[T any](fields map[string]string) (T, []byte, error) {
+// decodeJSON decodes the data field of fields into a T. It returns the
+// field's bytes, and whether keys, when not nil, must walk them: an
+// object key may fill a field under another spelling (see
+// keyChecker.mayMisspell).
+func decodeJSON[T any](fields map[string]string, keys *keyChecker) (T, []byte, bool, error) {
 	var v T
 	data, ok := fields[DataField]
 	if !ok {
-		return v, nil, fmt.Errorf("%w: no %q field", ErrDecode, DataField)
-	}
-	if !utf8.ValidString(data) {
-		return v, nil, fmt.Errorf("%w: %q field is not valid UTF-8", ErrDecode, DataField)
+		return v, nil, false, fmt.Errorf("%w: no %q field", ErrDecode, DataField)
 	}
 	b := []byte(data)
+	text := scanJSONText(b, keys)
+	if text.nonASCII && !utf8.Valid(b) {
+		return v, nil, false, fmt.Errorf("%w: %q field is not valid UTF-8", ErrDecode, DataField)
+	}
 	if !isJSONObject(b) {
-		return v, nil, fmt.Errorf("%w: %q field is not a JSON object", ErrDecode, DataField)
+		return v, nil, false, fmt.Errorf("%w: %q field is not a JSON object", ErrDecode, DataField)
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
-		return v, nil, fmt.Errorf("%w: %w", ErrDecode, err)
+		return v, nil, false, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
-	if err := findLoneSurrogate(b); err != nil {
-		var zero T
-		return zero, nil, fmt.Errorf("%w: %w", ErrDecode, err)
+	if text.uEscape {
+		if err := findLoneSurrogate(b); err != nil {
+			var zero T
+			return zero, nil, false, fmt.Errorf("%w: %w", ErrDecode, err)
+		}
 	}
-	return v, b, nil
+	return v, b, text.misspell, nil
+}
+
+// jsonText is what one pass over a JSON text finds, so that the checks
+// around json.Unmarshal run only where they can find something.
+type jsonText struct {
+	nonASCII bool // a byte of 0x80 or above: check the text is UTF-8
+	uEscape  bool // a \u escape: look for lone surrogates
+	misspell bool // an object key may fill a field under another spelling
+}
+
+// jsonStop marks the bytes a scan of JSON text stops at: quotes,
+// backslashes and the bytes of 0x80 and above.
+var jsonStop = func() (stop [256]bool) {
+	stop['"'], stop['\\'] = true, true
+	for c := 0x80; c < len(stop); c++ {
+		stop[c] = true
+	}
+	return stop
+}()
+
+// scanJSONText reads b once. With keys, it also reports an object key
+// that keys.mayMisspell would; b need not be valid JSON, but only for
+// valid JSON is the report exact (for other text, nonASCII may be set
+// where there is none, and json.Unmarshal refuses the text anyway).
+func scanJSONText(b []byte, keys *keyChecker) (x jsonText) {
+	n := len(b)
+	for i := 0; i < n; i++ {
+		c := b[i]
+		if !jsonStop[c] {
+			continue
+		}
+		if c != '"' {
+			x.nonASCII = x.nonASCII || c >= 0x80
+			continue
+		}
+		start, escaped := i+1, false
+		for i = start; i < n; i++ {
+			c := b[i]
+			if !jsonStop[c] {
+				continue
+			}
+			if c == '"' {
+				break
+			}
+			if c == '\\' {
+				escaped = true
+				if i+1 < n {
+					next := b[i+1]
+					x.uEscape = x.uEscape || next == 'u'
+					x.nonASCII = x.nonASCII || next >= 0x80
+				}
+				i++
+				continue
+			}
+			x.nonASCII = true
+		}
+		if i >= n {
+			x.nonASCII = true // a string that does not end: let the UTF-8 check see all
+			return x
+		}
+		if keys == nil || x.misspell {
+			continue
+		}
+		j := i + 1
+		for j < n && (b[j] == ' ' || b[j] == '\t' || b[j] == '\n' || b[j] == '\r') {
+			j++
+		}
+		if j < n && b[j] == ':' && (escaped || keys.foldsOnto(b[start:i])) {
+			x.misspell = true
+		}
+	}
+	return x
 }
 
 // findLoneSurrogate reports a \u escape of a UTF-16 surrogate (U+D800 to
@@ -177,8 +254,16 @@ func hex4(b []byte) rune {
 // isJSONObject reports whether b, past leading JSON whitespace, starts an
 // object. json.Unmarshal checks the rest.
 func isJSONObject(b []byte) bool {
-	b = bytes.TrimLeft(b, " \t\r\n")
-	return len(b) > 0 && b[0] == '{'
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		case '{':
+			return true
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // EncodeJSON writes v in the original's wire format: one field, "data",

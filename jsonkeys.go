@@ -22,7 +22,13 @@ type keyChecker struct {
 	// all are one of names, or match no name even when case is ignored,
 	// cannot fill a field under another spelling, and is not walked.
 	names, folded map[string]bool
+	// few lists names when there are at most maxFewNames: comparing a key
+	// with each costs less than hashing it.
+	few []string
 }
+
+// maxFewNames is the most names keyChecker compares one by one.
+const maxFewNames = 8
 
 // jsonField is one field of a struct as encoding/json names it.
 type jsonField struct {
@@ -52,7 +58,25 @@ func newKeyChecker(t reflect.Type, exact bool) *keyChecker {
 	if len(c.names) == 0 {
 		return nil
 	}
+	if len(c.names) <= maxFewNames {
+		for name := range c.names {
+			c.few = append(c.few, name)
+		}
+	}
 	return c
+}
+
+// isName reports whether key is one of the names as written.
+func (c *keyChecker) isName(key []byte) bool {
+	if c.few == nil {
+		return c.names[string(key)]
+	}
+	for _, name := range c.few {
+		if string(key) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // collect adds the field names of every struct type values of t can hold.
@@ -73,11 +97,9 @@ func (c *keyChecker) collect(t reflect.Type, seen map[reflect.Type]bool) {
 	}
 }
 
-// check walks data, which json.Unmarshal accepted into a t.
-func (c *keyChecker) check(data []byte, t reflect.Type) error {
-	if !c.mayMisspell(data) {
-		return nil
-	}
+// walk walks data, which json.Unmarshal accepted into a t, checking every
+// key.
+func (c *keyChecker) walk(data []byte, t reflect.Type) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return c.value(dec, t)
@@ -154,19 +176,27 @@ func (c *keyChecker) value(dec *json.Decoder, t reflect.Type) error {
 // mayMisspell reports whether valid JSON data has an object key that could
 // fill a field under another spelling than the field's own: one that is no
 // field name as written but is one when case is ignored, or one with an
-// escape (not read here). Other documents need no walk.
+// escape (not read here). Other documents need no walk. JSON's decoder
+// finds the same in its one pass over the text (scanJSONText); this is
+// the reference it is tested against.
 func (c *keyChecker) mayMisspell(data []byte) bool {
 	for i := 0; i < len(data); i++ {
 		if data[i] != '"' {
 			continue
 		}
 		start, escaped := i+1, false
-		for i++; data[i] != '"'; i++ {
-			if data[i] == '\\' {
+		for i = start; i < len(data); i++ {
+			if c := data[i]; c == '"' {
+				break
+			} else if c == '\\' {
 				escaped = true
 				i++
 			}
 		}
+		if i >= len(data) {
+			return false // not valid JSON: json.Unmarshal refused it already
+		}
+		key := data[start:i]
 		j := i + 1
 		for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\n' || data[j] == '\r') {
 			j++
@@ -174,15 +204,17 @@ func (c *keyChecker) mayMisspell(data []byte) bool {
 		if j == len(data) || data[j] != ':' {
 			continue // a string value, not a key
 		}
-		key := data[start:i]
-		if escaped {
-			return true
-		}
-		if !c.names[string(key)] && c.folded[strings.ToLower(string(key))] {
+		if escaped || c.foldsOnto(key) {
 			return true
 		}
 	}
 	return false
+}
+
+// foldsOnto reports whether key, without escapes, is no field name as
+// written but is one when case is ignored.
+func (c *keyChecker) foldsOnto(key []byte) bool {
+	return !c.isName(key) && c.folded[strings.ToLower(string(key))]
 }
 
 // matchJSONField finds the field key fills: an exact match first, else one

@@ -236,18 +236,18 @@ func (c *Consumer[T]) run(ctx context.Context, read bool, unitSize, readCount in
 	}
 	e.sched = newScheduler[T](ctx, slots, cfg.Concurrency, readCount, order)
 	e.sched.trackHandled = opts.batchHandler
-	for i, core := range c.parts {
-		settle := func(ids []string, acked bool) {
-			if acked {
-				e.sched.settle(i, ids)
-			} else {
-				e.sched.release(i, ids)
-			}
+	settle := func(refs []heldRef, acked bool) {
+		if acked {
+			e.sched.settle(refs)
+		} else {
+			e.sched.release(refs)
 		}
+	}
+	for i, core := range c.parts {
 		e.parts = append(e.parts, &enginePart{index: i, core: core, acks: newAcker(core, context.WithoutCancel(ctx), settle, o.report)})
 	}
 	e.sched.work = func(w *worker[T], u *unit[T]) { work(e, w, u) }
-	e.sched.flushAcks = func(part int, ids []string) { e.parts[part].acks.add(ids) }
+	e.sched.flushAcks = func(part int, ids []string, refs []heldRef) { e.parts[part].acks.add(ids, refs) }
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
@@ -419,7 +419,7 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 		if e.outage.paused() {
 			continue
 		}
-		acked := w.take(p.index)
+		acked, ackedRefs := w.take(p.index)
 		read := e.sched.readStarted()
 		tr := activeTracer()
 		var readStart time.Time
@@ -428,9 +428,10 @@ func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 		}
 		raws, ackErr, err := p.core.read(e.currentReadCtx(), e.readCount, acked)
 		if ackErr != nil {
-			p.acks.retryOrFail(acked, ackErr)
+			p.acks.retryOrFail(acked, ackedRefs, ackErr)
 		} else {
-			e.sched.settle(p.index, acked)
+			e.sched.settle(ackedRefs)
+			w.reuse(p.index, acked, ackedRefs)
 		}
 		if err != nil {
 			e.sched.readDone(read)

@@ -2,7 +2,6 @@ package safesync
 
 import (
 	"context"
-	"math"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 // to the batch size for RunBatch.
 type unit[T any] struct {
 	msgs  []Message[T]
+	held  heldRef    // the in-flight record of msgs[0]; msgs[i]'s is held.at(i)
 	order *unitOrder // nil without OrderBy
 	// exclusive units run with no other unit running in the process: an
 	// entry whose earlier attempt never ended (a crash suspect), so that
@@ -71,7 +71,7 @@ type scheduler[T any] struct {
 	readAhead   int
 	order       *orderer // nil without OrderBy; used under mu
 	work        func(w *worker[T], u *unit[T])
-	flushAcks   func(part int, ids []string)
+	flushAcks   func(part int, ids []string, refs []heldRef)
 	workers     sync.WaitGroup
 
 	mu      sync.Mutex
@@ -81,17 +81,16 @@ type scheduler[T any] struct {
 	entries int // entries in those units
 	running int // units running
 	active  int // workers alive
-	// held are the entries admitted and neither released nor settled:
-	// those waiting or running, and those whose handler succeeded until
-	// their XACK has been sent. An entry held is never admitted again.
-	held map[heldEntry]struct{}
-	// settled are entries acknowledged or dead-lettered while reads or
-	// claims sent earlier were in flight, with the settlement's sequence
-	// number: such a read may have run on Redis before the XACK and
-	// return the entry, which must not be admitted again. reads counts
-	// the reads and claims in flight by the sequence number when they were
-	// sent; a settlement no read in flight predates is forgotten.
-	settled map[heldEntry]uint64
+	// groups record the entries admitted (see schedule_held.go): those
+	// held, which are never admitted again, and those settled while
+	// reads or claims sent earlier were in flight. spare are groups no
+	// longer in use, for reuse; maxID is, by stream (partition) index,
+	// above or equal to every id admitted.
+	groups []*heldGroup
+	spare  []*heldGroup
+	maxID  []streamID
+	// reads counts the reads and claims in flight by the sequence number
+	// when they were sent; settlements advance seq.
 	reads   map[uint64]int
 	seq     uint64
 	stopped bool
@@ -108,24 +107,17 @@ type scheduler[T any] struct {
 func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], concurrency, readAhead int, order *orderer) *scheduler[T] {
 	return &scheduler[T]{
 		ctx: ctx, slots: slots, concurrency: concurrency, readAhead: readAhead, order: order,
-		held: map[heldEntry]struct{}{}, settled: map[heldEntry]uint64{}, reads: map[uint64]int{},
+		reads:   map[uint64]int{},
 		changed: make(chan struct{}),
 	}
 }
 
-// heldEntry names an entry the scheduler holds: its id within the
-// consumer's stream of index part (entry ids of two partitions may be
-// equal).
-type heldEntry struct {
-	part int
-	id   string
-}
-
 // worker is one goroutine of the scheduler; acks buffers the ids of
 // entries it finished, by stream (partition) index, flushed to the ackers
-// in bursts.
+// in bursts, and refs their in-flight records.
 type worker[T any] struct {
 	acks    [][]string
+	refs    [][]heldRef
 	pending int       // ids in acks
 	since   time.Time // when flushIfDue first saw the oldest of them
 }
@@ -149,23 +141,43 @@ func (w *worker[T]) ack(s *scheduler[T], u *unit[T], i int) {
 	part, id := u.msgs[i].part, u.msgs[i].ID
 	for len(w.acks) <= part {
 		w.acks = append(w.acks, nil)
+		w.refs = append(w.refs, nil)
 	}
 	w.acks[part] = append(w.acks[part], id)
+	w.refs[part] = append(w.refs[part], u.held.at(i))
 	w.pending++
 	if w.pending >= maxWorkerAcks {
 		w.flush(s)
 	}
 }
 
-// take removes and returns the ids buffered for part.
-func (w *worker[T]) take(part int) []string {
+// take removes and returns the ids buffered for part, and their in-flight
+// records. Once none is left,
+// the wait of flushIfDue starts again with the next: an inline reader
+// takes its acknowledgements for its next read, and those of a read must
+// not be handed to the acknowledger early because earlier ones waited
+// (an XACK on its own costs a round trip, and one sent beside a read
+// makes rueidis pipeline the connection through goroutines from then on).
+func (w *worker[T]) take(part int) ([]string, []heldRef) {
 	if part >= len(w.acks) {
-		return nil
+		return nil, nil
 	}
-	ids := w.acks[part]
-	w.acks[part] = nil
+	ids, refs := w.acks[part], w.refs[part]
+	w.acks[part], w.refs[part] = nil, nil
 	w.pending -= len(ids)
-	return ids
+	if w.pending == 0 {
+		w.since = time.Time{}
+	}
+	return ids, refs
+}
+
+// reuse gives ids and refs, taken for part and done with (acknowledged and
+// settled), back to w for its next acknowledgements of part: an inline
+// reader's buffers then serve read after read.
+func (w *worker[T]) reuse(part int, ids []string, refs []heldRef) {
+	if part < len(w.acks) && w.acks[part] == nil {
+		w.acks[part], w.refs[part] = ids[:0], refs[:0]
+	}
 }
 
 // flushIfDue hands the acknowledgements over when the oldest has waited
@@ -187,41 +199,32 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 	}
 	for part, ids := range w.acks {
 		if len(ids) > 0 {
-			s.flushAcks(part, ids)
-			w.acks[part] = nil
+			s.flushAcks(part, ids, w.refs[part])
+			w.acks[part], w.refs[part] = nil, nil
 		}
 	}
 	w.pending = 0
 }
 
-// admit takes msgs in stream order, read or claimed by the read that
-// readStarted numbered read, drops those this consumer holds (an entry
-// reclaim handed back while this consumer was running it or acknowledging
-// it) or settled after that read was sent, forms units of up to size
-// entries and queues them, and starts workers for them when spawn is
-// true. It reports how many entries it queued. unitBuf, when not nil,
-// holds units no longer in use, reused when there are enough.
+// admit takes msgs, entries of one stream (partition) in stream order,
+// read or claimed by the read that readStarted numbered read, drops those
+// this consumer holds (an entry reclaim handed back while this consumer
+// was running it or acknowledging it) or settled after that read was
+// sent, forms units of up to size entries and queues them, and starts
+// workers for them when spawn is true. It reports how many entries it
+// queued. unitBuf, when not nil, holds units no longer in use, reused when
+// there are enough. msgs is compacted in place.
 func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) string, spawn bool, unitBuf *[]unit[T], read uint64) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped {
+	if s.stopped || len(msgs) == 0 {
 		return 0
 	}
-	kept := msgs[:0]
-	for _, m := range msgs {
-		e := heldEntry{m.part, m.ID}
-		if _, dup := s.held[e]; dup {
-			continue
-		}
-		if at, ok := s.settled[e]; ok && at > read {
-			continue
-		}
-		s.held[e] = struct{}{}
-		kept = append(kept, m)
-	}
+	kept := s.dropRecorded(msgs, read)
 	if len(kept) == 0 {
 		return 0
 	}
+	held := s.hold(kept)
 	n := unitCount(kept, size)
 	var units []unit[T]
 	if unitBuf != nil && cap(*unitBuf) >= n {
@@ -248,6 +251,7 @@ func (s *scheduler[T]) admit(msgs []Message[T], size int, key func(Message[T]) s
 			}
 		}
 		u.msgs = kept[lo:hi:hi]
+		u.held = held.at(lo)
 		lo = hi
 		if size > 1 || s.trackHandled {
 			st := &batchState{handled: make([]bool, len(u.msgs))}
@@ -440,9 +444,9 @@ func (s *scheduler[T]) finish(u *unit[T]) {
 		}
 		switch o {
 		case outcomePending:
-			delete(s.held, heldEntry{m.part, m.ID})
+			s.releaseRef(u.held.at(i))
 		case outcomeSettled:
-			s.settleLocked(m.part, m.ID)
+			s.settleRef(u.held.at(i))
 		}
 	}
 	if s.order != nil {
@@ -473,8 +477,8 @@ func (s *scheduler[T]) pause() {
 		dropped = s.ready[s.head:]
 	}
 	for _, u := range dropped {
-		for _, m := range u.msgs {
-			delete(s.held, heldEntry{m.part, m.ID})
+		for i := range u.msgs {
+			s.releaseRef(u.held.at(i))
 		}
 	}
 	clear(s.ready)
@@ -492,40 +496,29 @@ func (s *scheduler[T]) resume() {
 	s.signal()
 }
 
-// release stops holding the entries ids of partition part, whose XACK
-// failed: they are pending, for redelivery.
-func (s *scheduler[T]) release(part int, ids []string) {
-	if len(ids) == 0 {
+// release stops holding the entries refs, whose XACK failed: they are
+// pending, for redelivery.
+func (s *scheduler[T]) release(refs []heldRef) {
+	if len(refs) == 0 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, id := range ids {
-		delete(s.held, heldEntry{part, id})
+	for _, r := range refs {
+		s.releaseRef(r)
 	}
 }
 
-// settle stops holding the entries ids of partition part, acknowledged:
-// a read or claim sent before may still return them, and admit drops
-// them.
-func (s *scheduler[T]) settle(part int, ids []string) {
-	if len(ids) == 0 {
+// settle stops holding the entries refs, acknowledged: a read or claim
+// sent before may still return them, and admit drops them.
+func (s *scheduler[T]) settle(refs []heldRef) {
+	if len(refs) == 0 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, id := range ids {
-		s.settleLocked(part, id)
-	}
-}
-
-// settleLocked settles one entry; s.mu is held.
-func (s *scheduler[T]) settleLocked(part int, id string) {
-	e := heldEntry{part, id}
-	delete(s.held, e)
-	if len(s.reads) > 0 {
-		s.seq++
-		s.settled[e] = s.seq
+	for _, r := range refs {
+		s.settleRef(r)
 	}
 }
 
@@ -547,21 +540,10 @@ func (s *scheduler[T]) readDone(read uint64) {
 	if s.reads[read]--; s.reads[read] <= 0 {
 		delete(s.reads, read)
 	}
-	if len(s.settled) == 0 {
-		return
-	}
 	if len(s.reads) == 0 {
-		clear(s.settled)
-		return
-	}
-	oldest := uint64(math.MaxUint64)
-	for r := range s.reads {
-		oldest = min(oldest, r)
-	}
-	for e, at := range s.settled {
-		if at <= oldest {
-			delete(s.settled, e)
-		}
+		s.forget(0)
+	} else {
+		s.forget(s.oldestRead())
 	}
 }
 
@@ -636,8 +618,8 @@ func (s *scheduler[T]) stop() {
 	defer s.mu.Unlock()
 	s.stopped = true
 	for _, u := range s.ready[s.head:] {
-		for _, m := range u.msgs {
-			delete(s.held, heldEntry{m.part, m.ID})
+		for i := range u.msgs {
+			s.releaseRef(u.held.at(i))
 		}
 	}
 	s.ready, s.head = nil, 0

@@ -3,6 +3,7 @@ package safesync
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -33,7 +34,10 @@ func runScheduler(t *testing.T, n, concurrency, size, keys int, ordered bool) (p
 	active := map[string]bool{}
 	var running, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string, refs []heldRef) {
+		acked.Add(int64(len(ids)))
+		s.settle(refs)
+	}
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		mu.Lock()
@@ -127,7 +131,7 @@ func TestSchedulerStopStartsNothingMore(t *testing.T) {
 	s := newScheduler[int](context.Background(), slots, 1, 10, nil)
 	release := make(chan struct{})
 	var ran atomic.Int64
-	s.flushAcks = func(int, []string) {}
+	s.flushAcks = func(int, []string, []heldRef) {}
 	s.work = func(w *worker[int], u *unit[int]) {
 		ran.Add(1)
 		<-release
@@ -163,7 +167,10 @@ func TestSchedulerInlineReaderSharesItsSlotWithReclaim(t *testing.T) {
 	s := newScheduler[int](ctx, slots, 1, 10, nil)
 	var running, maxRunning, ran atomic.Int64
 	var acked atomic.Int64
-	s.flushAcks = func(_ int, ids []string) { acked.Add(int64(len(ids))) }
+	s.flushAcks = func(_ int, ids []string, refs []heldRef) {
+		acked.Add(int64(len(ids)))
+		s.settle(refs)
+	}
 	s.work = func(w *worker[int], u *unit[int]) {
 		r := running.Add(1)
 		for m := maxRunning.Load(); r > m && !maxRunning.CompareAndSwap(m, r); m = maxRunning.Load() {
@@ -227,7 +234,7 @@ func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
 	s := newScheduler[int](context.Background(), slots, 2, 10, nil)
 	var mu sync.Mutex
 	acked := map[int][]string{}
-	s.flushAcks = func(part int, ids []string) {
+	s.flushAcks = func(part int, ids []string, _ []heldRef) {
 		mu.Lock()
 		acked[part] = append(acked[part], ids...)
 		mu.Unlock()
@@ -251,5 +258,155 @@ func TestSchedulerKeepsEqualIDsOfTwoPartitionsApart(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(acked[0], []string{"1-0"}) || !slices.Equal(acked[1], []string{"1-0"}) {
 		t.Fatalf("acknowledged %v, want 1-0 in each of partitions 0 and 1", acked)
+	}
+}
+
+// An inline reader takes its acknowledgements for its next read: those of
+// one read are not handed to the acknowledger because the acknowledgements
+// of an earlier read, already taken, had waited ackFlushAfter. Sent on
+// their own they cost a round trip each, and beside the reads they made
+// rueidis pipeline the connection through goroutines from then on.
+func TestInlineReaderKeepsTheAcknowledgementsOfEachReadForTheNext(t *testing.T) {
+	s := &scheduler[int]{}
+	var handed []string
+	s.flushAcks = func(_ int, ids []string, _ []heldRef) { handed = append(handed, ids...) }
+	var w worker[int]
+	start := time.Now()
+	for read := range 5 {
+		if ids, _ := w.take(0); read > 0 && len(ids) != 3 {
+			t.Fatalf("read %d: took %v, want the previous read's 3 ids", read, ids)
+		}
+		for i := range 3 {
+			u := &unit[int]{msgs: []Message[int]{{ID: fmt.Sprintf("%d-%d", read, i)}}}
+			w.ack(s, u, 0)
+			// Each read is handled within a millisecond, and the reads
+			// follow each other for longer than ackFlushAfter.
+			w.flushIfDue(s, start.Add(time.Duration(read)*ackFlushAfter+time.Duration(i)*time.Millisecond/4))
+		}
+	}
+	if len(handed) > 0 {
+		t.Fatalf("ids %v handed to the acknowledger, want every read's taken by the next read", handed)
+	}
+	// A read whose own acknowledgements waited ackFlushAfter still hands
+	// them over.
+	w.ack(s, &unit[int]{msgs: []Message[int]{{ID: "5-0"}}}, 0)
+	w.flushIfDue(s, start.Add(10*ackFlushAfter))
+	w.flushIfDue(s, start.Add(11*ackFlushAfter))
+	if len(handed) != 4 {
+		t.Fatalf("handed %v, want the 3 of the last read and 5-0 once they waited ackFlushAfter", handed)
+	}
+}
+
+// msgsOf returns entries of stream part with ids, in that order.
+func msgsOf(part int, ids ...string) []Message[int] {
+	msgs := make([]Message[int], len(ids))
+	for i, id := range ids {
+		msgs[i] = Message[int]{ID: id, part: part}
+	}
+	return msgs
+}
+
+// The in-flight set: an entry held (waiting, running, or handed over for
+// acknowledgement) is dropped from every claim or re-read that returns
+// it, however its ids compare with those admitted before; one left
+// pending by its handler is admitted again; one acknowledged while a
+// claim was in flight is dropped from that claim; and the records of
+// entries settled long ago, reused for a later read, are not touched by
+// what still refers to them.
+func TestSchedulerNeverAdmitsAnEntryItHoldsAgain(t *testing.T) {
+	slots, err := newSlots(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	ctx := context.Background()
+	s := newScheduler[int](ctx, slots, 1, 1000, nil)
+	s.flushAcks = func(int, []string, []heldRef) { t.Error("acknowledgements handed over") }
+	var ran []string
+	var w worker[int]
+	s.work = func(w *worker[int], u *unit[int]) {
+		ran = append(ran, u.msgs[0].ID)
+		if u.msgs[0].ID != "5-3" || slices.Index(ran, "5-3") < len(ran)-1 {
+			w.ack(s, u, 0) // 5-3's handler fails the first time: it stays pending
+		}
+	}
+	admit := func(what string, msgs []Message[int], want ...string) {
+		t.Helper()
+		read := s.readStarted()
+		s.admit(msgs, 1, nil, false, nil, read)
+		s.readDone(read)
+		var got []string
+		for _, u := range s.ready[s.head:] {
+			got = append(got, u.msgs[0].ID)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: queued %v, want %v", what, got, want)
+		}
+		if !s.paused && !s.runHere(ctx, &w) {
+			t.Fatalf("%s: units left", what)
+		}
+	}
+	s.paused = true // nothing runs until resume: admitted entries wait, held
+	admit("a read of new entries", msgsOf(0, "5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9"),
+		"5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9")
+	admit("a claim of entries waiting to start", msgsOf(0, "1-0", "5-2", "5-7", "9-0"), "5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9", "1-0", "9-0")
+	admit("a read after the group was moved back (XGROUP SETID)", msgsOf(0, "5-5", "5-6", "9-1"),
+		"5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9", "1-0", "9-0", "9-1")
+	admit("another stream's entries", msgsOf(1, "9-9"),
+		"5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9", "1-0", "9-0", "9-1", "9-9")
+	admit("a claim on another stream of an id held on the first", msgsOf(1, "5-1"),
+		"5-0", "5-1", "5-2", "5-3", "5-4", "5-5", "5-6", "5-7", "5-8", "5-9", "1-0", "9-0", "9-1", "9-9", "5-1")
+	s.mu.Lock()
+	s.paused = false // resume, without starting workers: runHere runs them
+	s.mu.Unlock()
+	if !s.runHere(ctx, &w) {
+		t.Fatal("units left")
+	}
+	if len(ran) != 15 {
+		t.Fatalf("ran %v, want the 15 entries once each", ran)
+	}
+	admit("a claim of entries handled, waiting for their XACK, and of one left pending", msgsOf(0, "5-3", "5-4", "9-0"), "5-3")
+	ids, refs := w.take(0)
+	ids = append(ids, w.acks[1]...)
+	refs = append(refs, w.refs[1]...)
+	if len(ids) != 15 {
+		t.Fatalf("acknowledgements %v buffered, want the 15 entries, 5-3 the second time", ids)
+	}
+	read := s.readStarted() // a claim in flight while the XACK succeeds
+	s.settle(refs)
+	s.admit(msgsOf(0, "5-4", "5-8"), 1, nil, false, nil, read)
+	s.readDone(read)
+	if s.readyLen() != 0 || s.running != 0 {
+		t.Fatal("a claim sent before the XACK of its entries handed them over again")
+	}
+	// Every record of those reads is forgotten: the next read reuses one.
+	// Refs to the old entries must not reach the new ones.
+	s.paused = true
+	admit("a later read", msgsOf(0, "10-0", "10-1", "10-2"), "10-0", "10-1", "10-2")
+	s.settle(refs)
+	s.release(refs)
+	admit("a claim of the later read's entries", msgsOf(0, "10-0", "10-1", "10-2"), "10-0", "10-1", "10-2")
+}
+
+func TestParseStreamID(t *testing.T) {
+	for _, tc := range []struct {
+		id   string
+		want streamID
+		ok   bool
+	}{
+		{"0-0", streamID{0, 0}, true},
+		{"1700000000000-12", streamID{1700000000000, 12}, true},
+		{"18446744073709551615-18446744073709551615", streamID{math.MaxUint64, math.MaxUint64}, true},
+		{"18446744073709551616-0", streamID{}, false},
+		{"12", streamID{}, false},
+		{"-1", streamID{}, false},
+		{"1-", streamID{}, false},
+		{"1-x", streamID{}, false},
+		{"", streamID{}, false},
+	} {
+		got, ok := parseStreamID(tc.id)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("parseStreamID(%q) = %v, %v; want %v, %v", tc.id, got, ok, tc.want, tc.ok)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -121,6 +122,10 @@ type outage struct {
 
 	kick chan struct{} // wakes the prober
 
+	// reset is true while streak is 0 and delay probeMin, so that the
+	// success of every handler costs no lock: succeeded has nothing to do.
+	reset atomic.Bool
+
 	mu      sync.Mutex
 	state   int
 	cause   error
@@ -131,10 +136,12 @@ type outage struct {
 }
 
 func newOutage(log *slog.Logger, name string, readiness *Readiness, metrics []*streamMetrics, probes ...func(ctx context.Context) error) *outage {
-	return &outage{
+	o := &outage{
 		log: log, name: name, readiness: readiness, metrics: metrics, probes: probes,
 		kick: make(chan struct{}, 1), delay: probeMin, resumed: make(chan struct{}),
 	}
+	o.reset.Store(true)
+	return o
 }
 
 // report records a failure that is not an entry's: the database or Redis
@@ -143,6 +150,7 @@ func (o *outage) report(err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.streak++
+	o.reset.Store(false)
 	switch o.state {
 	case outagePaused:
 		o.cause = err
@@ -160,10 +168,14 @@ func (o *outage) report(err error) {
 
 // succeeded records that a handler succeeded: the servers work.
 func (o *outage) succeeded() {
+	if o.reset.Load() {
+		return
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.streak = 0
 	o.delay = probeMin
+	o.reset.Store(true)
 }
 
 // paused reports whether the consumer is paused now.
@@ -292,6 +304,7 @@ func (o *outage) probeUntilUp(ctx context.Context) {
 		o.mu.Lock()
 		d := o.delay
 		o.delay = min(2*o.delay, probeMax)
+		o.reset.Store(false)
 		o.mu.Unlock()
 		if !sleep(ctx, d) {
 			return

@@ -33,6 +33,8 @@ var conformanceCases = []conformanceCase{
 	{name: "ShutdownWithConcurrency1AcksExactlyTheFinishedHandler", run: shutdownInline},
 	{name: "PerKeyOrderingUnderConcurrency8", run: perKeyOrdering},
 	{name: "PerKeyOrderingAcrossBatches", run: perKeyOrderingBatches},
+	{name: "PerKeyOrderingUnderConcurrency4WhileReclaimClaimsWaitingEntries", run: perKeyOrderingUnderReclaim},
+	{name: "AnEntryInFlightIsNeverRunTwiceWhenItsOwnConsumerReclaimsIt", run: inFlightNeverRunTwice},
 	{name: "RunBatchHandlerOwnsAcknowledgement", run: runBatchOwnsAck},
 	{name: "ReadLatencyExcludesBlocking", run: readLatency},
 	{name: "PendingGauges", run: pendingGauges},

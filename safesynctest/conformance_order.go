@@ -135,3 +135,37 @@ func perKeyOrderingBatches(t *testing.T, s *suite) {
 	}
 	oc.check(t, want)
 }
+
+// perKeyOrderingUnderReclaim: with OrderBy and Concurrency 4, entries of a
+// key run one at a time in stream order, each once, while the consumer's
+// own reclaim scans claim the entries waiting behind their keys (idle
+// longer than ClaimIdle) again.
+func perKeyOrderingUnderReclaim(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	want := publishKeyed(t, e, 200)
+	cfg := e.config("c1")
+	cfg.Concurrency, cfg.Count = 4, 25
+	cfg.ClaimIdle, cfg.ClaimInterval = 20*time.Millisecond, 5*time.Millisecond
+	oc := newOrderChecker()
+	c := e.consumer(cfg, safesync.OrderBy(byKey))
+	r := start(func(ctx context.Context) error {
+		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
+			one := []safesync.Message[order]{m}
+			oc.enter(one)
+			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+			oc.leave(one)
+			return nil
+		})
+	})
+	waitFor(t, 30*time.Second, "200 entries handled and acknowledged", func() bool {
+		return oc.done() >= 200 && len(pendingIDs(t, e.client, e.stream)) == 0
+	})
+	time.Sleep(50 * time.Millisecond) // claims in flight come back
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	oc.check(t, want) // also: no entry ran twice
+	if claimed := e.metric("coti_safesync_queue_messages_claimed_total", nil); claimed == 0 {
+		t.Errorf("no entry was claimed: the case needs claims of entries waiting behind their keys to mean anything")
+	}
+}

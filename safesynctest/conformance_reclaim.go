@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -183,4 +184,54 @@ func compareIDs(a, b string) int {
 		return cmp.Compare(am, bm)
 	}
 	return cmp.Compare(as, bs)
+}
+
+// inFlightNeverRunTwice: while entries run (longer than ClaimIdle), wait
+// to start, or wait for their XACK, the consumer's own reclaim scans claim
+// them again from the pending list; the consumer drops them, and runs
+// every entry once. The last entry runs longest, alone at the end, with
+// slots free for the claims.
+func inFlightNeverRunTwice(t *testing.T, s *suite) {
+	e := s.newEnv(t)
+	const n = 40
+	e.publish(1, n)
+	cfg := e.config("c1")
+	cfg.Concurrency, cfg.Count = 4, 4
+	cfg.ClaimIdle, cfg.ClaimInterval = 20*time.Millisecond, 5*time.Millisecond
+	var mu sync.Mutex
+	calls := map[string][]int64{} // id -> the Deliveries of each call
+	c := e.consumer(cfg)
+	r := start(func(ctx context.Context) error {
+		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
+			mu.Lock()
+			calls[m.ID] = append(calls[m.ID], m.Deliveries)
+			mu.Unlock()
+			if m.Value.OrderID == n {
+				time.Sleep(300 * time.Millisecond) // 15 times ClaimIdle
+			} else {
+				time.Sleep(5 * time.Millisecond)
+			}
+			return nil
+		})
+	})
+	waitFor(t, 30*time.Second, "every entry handled and acknowledged", func() bool {
+		mu.Lock()
+		handled := len(calls)
+		mu.Unlock()
+		return handled == n && len(pendingIDs(t, e.client, e.stream)) == 0
+	})
+	time.Sleep(50 * time.Millisecond) // claims in flight come back
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, ds := range calls {
+		if len(ds) != 1 {
+			t.Errorf("entry %s handled %d times (deliveries %v), want once", id, len(ds), ds)
+		}
+	}
+	if claimed := e.metric("coti_safesync_queue_messages_claimed_total", nil); claimed == 0 {
+		t.Errorf("no entry was claimed: the case needs claims of entries in flight to mean anything")
+	}
 }

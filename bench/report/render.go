@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/safesync-go/safesync/bench/internal/results"
@@ -122,22 +123,36 @@ func renderDrain(p printer, r *results.Run) {
 	p("## Draining a stream\n\n")
 	p("%s entries pre-filled in the original's wire format, JSON-decoded, no-op\n", r.Params["entries"])
 	p("handler, %s repetitions (method: [bench/README.md](bench/README.md)).\n\n", r.Params["reps"])
-	p("| contender | median ms | entries/s | allocs/entry | B/entry | vs hand-written loop | vs watermill |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	p("| contender | median ms | entries/s | allocs/entry | B/entry | CPU µs/entry | CPU vs hand-written loop | vs hand-written loop | vs watermill |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	h, _ := r.Median(hand)
 	w, hasW := r.Median(wm)
+	handCPU := r.MedianOf(hand, results.SampleCPU)
+	var loads []float64
 	for _, c := range []string{hand, "safesync Run", "safesync Run, Concurrency 4", "safesync RunBatch", wm} {
 		s, ok := r.Median(c)
 		if !ok {
 			continue
 		}
+		for _, x := range r.Of(c) {
+			loads = append(loads, x.Load)
+		}
 		vsW := ""
 		if hasW {
 			vsW = fmt.Sprintf("%.1f×", w.Seconds/s.Seconds)
 		}
-		p("| %s | %.0f | %.0f | %.1f | %.0f | %.2f× (%.2f×) | %s |\n", c, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes, h.Seconds/s.Seconds, r.PairedRatio(hand, c), vsW)
+		cpu := r.MedianOf(c, results.SampleCPU)
+		p("| %s | %.0f | %.0f | %.1f | %.0f | %.2f | %.2f× (%.2f×) | %.2f× (%.2f×) | %s |\n", c, s.Seconds*1000, s.Rate(), s.Allocs, s.Bytes,
+			cpu, cpu/handCPU, r.PairedRatioOf(hand, c, results.SampleCPU), h.Seconds/s.Seconds, r.PairedRatio(hand, c), vsW)
 	}
-	p("\nIn parentheses: the median of per-repetition ratios. Targets: `Run` ≥ 0.9× the\n")
-	p("hand-written loop and ≥ 10× watermill-redisstream.\n\n")
+	p("\nIn parentheses: the median of per-repetition ratios. CPU is the benchmark\n")
+	p("process's user + system time over each drain (Redis is another process),\n")
+	p("per entry; the hand-written loop is the raw rueidis loop (`XREADGROUP COUNT\n")
+	p("100`, `json.Unmarshal` of each entry, one `XACK` per read). Targets: `Run` ≥ 0.9×\n")
+	p("the hand-written loop, CPU per entry ≤ 1.1× its, and ≥ 10× watermill-redisstream.\n")
+	if len(loads) > 0 && slices.Max(loads) > 0 {
+		p("1-minute load average after the drains: %.2f to %.2f.\n", slices.Min(loads), slices.Max(loads))
+	}
+	p("\n")
 }
 
 func renderPipeline(p printer, r, prepared *results.Run) {

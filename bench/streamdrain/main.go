@@ -8,9 +8,22 @@
 // Every repetition refills a fresh stream for each contender, in a rotating
 // order, and checks afterwards that every entry was delivered once and
 // acknowledged. It prints the median time, the throughput, allocations and
-// bytes per entry (runtime.MemStats over the drain, whole process), and the
-// ratios of each safesync variant to the hand-written loop and to
-// watermill.
+// bytes per entry (runtime.MemStats over the drain, whole process), the
+// client's CPU time per entry (getrusage user + system over the drain, this
+// process only: Redis is another), and the ratios of each safesync variant
+// to the hand-written loop and to watermill, of time and of CPU per entry.
+// The load average is printed beside each repetition and in the summary:
+// on a busy machine the times mean little, CPU per entry and allocations
+// more.
+//
+// The hand-written loop is the raw rueidis loop of the comparison: it uses
+// no part of safesync, reads with XREADGROUP COUNT 100 (no BLOCK),
+// json.Unmarshals each entry and sends one XACK per read.
+//
+// -cpuprofile and -memprofile profile the drains only: CPU samples of a
+// drain carry the label contender=<name> (go tool pprof -tagfocus), and
+// allocations are sampled only while a contender drains; use -only to
+// profile one contender.
 package main
 
 import (
@@ -26,7 +39,9 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -54,7 +69,8 @@ var (
 	reps  = flag.Int("reps", 5, "repetitions of each contender")
 	count = flag.Int("count", 100, "entries per read (XREADGROUP COUNT) for the batched contenders")
 	only  = flag.String("only", "", `run only the contenders whose names match this regular expression ("fast": all but watermill)`)
-	prof  = flag.String("cpuprofile", "", "write a CPU profile of the drains to this file")
+	prof  = flag.String("cpuprofile", "", "write a CPU profile of the drains to this file (samples labelled contender=<name>)")
+	mprof = flag.String("memprofile", "", "write an allocation profile of the drains to this file (allocations sampled only during drains)")
 	out   = flag.String("json", "", "also write every sample to this file, as JSON")
 )
 
@@ -69,10 +85,17 @@ type contender struct {
 type sample struct {
 	elapsed       time.Duration
 	allocs, bytes float64 // per entry
+	cpu           float64 // µs of this process's user + system CPU per entry
+	load          [3]float64
 }
+
+// memProfileRate is the allocation sampling rate during drains; outside
+// them nothing is sampled, so that -memprofile shows the drains alone.
+var memProfileRate = runtime.MemProfileRate
 
 func main() {
 	flag.Parse()
+	runtime.MemProfileRate = 0 // sampled during drains only (see measure)
 	ctx := context.Background()
 	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*addr}, DisableCache: true})
 	if err != nil {
@@ -103,6 +126,10 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *mprof != "" {
+		defer writeMemProfile(*mprof)
+	}
+	startLoad := loadavg()
 	run := results.Run{Benchmark: "streamdrain", Params: map[string]string{"entries": strconv.Itoa(*n), "reps": strconv.Itoa(*reps), "count": strconv.Itoa(*count)}}
 	for rep := range *reps {
 		for i := range contenders {
@@ -113,10 +140,13 @@ func main() {
 				log.Fatalf("%s, repetition %d: %v", c.name, rep+1, err)
 			}
 			run.Add(c.name, rep+1, *n, s.elapsed, s.allocs, s.bytes)
-			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.1f ms  %8.0f entries/s\n", rep+1, c.name, ms(s.elapsed), rate(s.elapsed))
+			run.Samples[len(run.Samples)-1].CPU = s.cpu
+			run.Samples[len(run.Samples)-1].Load = s.load[0]
+			fmt.Fprintf(os.Stderr, "rep %d  %-28s %8.1f ms  %8.0f entries/s  %5.2f µs CPU/entry  %5.1f allocs/entry  load %s\n",
+				rep+1, c.name, ms(s.elapsed), rate(s.elapsed), s.cpu, s.allocs, formatLoad(s.load))
 		}
 	}
-	report(contenders, &run)
+	report(contenders, &run, startLoad, loadavg())
 	if *out != "" {
 		if err := run.Write(*out); err != nil {
 			log.Fatal(err)
@@ -141,21 +171,74 @@ func measure(ctx context.Context, client rueidis.Client, c contender, stream str
 	}
 	runtime.GC()
 	var before, after runtime.MemStats
+	var ruBefore, ruAfter syscall.Rusage
 	runtime.ReadMemStats(&before)
-	start := time.Now()
-	if err := c.drain(ctx, own, stream); err != nil {
+	runtime.MemProfileRate = memProfileRate
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ruBefore); err != nil {
 		return sample{}, err
 	}
+	start := time.Now()
+	pprof.Do(ctx, pprof.Labels("contender", c.name), func(ctx context.Context) {
+		err = c.drain(ctx, own, stream)
+	})
 	elapsed := time.Since(start)
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ruAfter); err != nil {
+		return sample{}, err
+	}
+	runtime.MemProfileRate = 0
 	runtime.ReadMemStats(&after)
+	if err != nil {
+		return sample{}, err
+	}
 	if err := checkDrained(ctx, client, stream); err != nil {
 		return sample{}, err
 	}
+	cpu := cpuTime(ruAfter) - cpuTime(ruBefore)
 	return sample{
 		elapsed: elapsed,
 		allocs:  float64(after.Mallocs-before.Mallocs) / float64(*n),
 		bytes:   float64(after.TotalAlloc-before.TotalAlloc) / float64(*n),
+		cpu:     float64(cpu.Nanoseconds()) / 1000 / float64(*n),
+		load:    loadavg(),
 	}, nil
+}
+
+// cpuTime is the user and system CPU time of a getrusage result.
+func cpuTime(ru syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// loadavg returns the 1, 5 and 15 minute load averages (/proc/loadavg),
+// zeros where they cannot be read.
+func loadavg() [3]float64 {
+	var l [3]float64
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return l
+	}
+	for i, f := range strings.Fields(string(b)) {
+		if i == len(l) {
+			break
+		}
+		l[i], _ = strconv.ParseFloat(f, 64)
+	}
+	return l
+}
+
+func formatLoad(l [3]float64) string { return fmt.Sprintf("%.2f %.2f %.2f", l[0], l[1], l[2]) }
+
+// writeMemProfile writes the allocations sampled during the drains.
+func writeMemProfile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	runtime.MemProfileRate = memProfileRate // the samples' scale
+	runtime.GC()                            // the profile is as of the last GC
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		log.Fatal(err)
+	}
 }
 
 // fill adds n entries in the original's wire format and creates the group
@@ -362,13 +445,14 @@ func pending(ctx context.Context, rdb *goredis.Client, stream string) int64 {
 	return p.Count
 }
 
-func report(contenders []contender, run *results.Run) {
+func report(contenders []contender, run *results.Run, startLoad, endLoad [3]float64) {
 	const hand, wm = "hand-written rueidis loop", "watermill-redisstream"
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\t\n")
+	fmt.Fprintf(w, "contender\tmedian ms\tentries/s\tallocs/entry\tB/entry\tCPU µs/entry\tload during reps\t\n")
 	for _, c := range contenders {
 		s, _ := run.Median(c.name)
-		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t%.1f\t%.0f\t\n", c.name, ms(s.Elapsed()), rate(s.Elapsed()), s.Allocs, s.Bytes)
+		lo, hi := loadRange(run, c.name)
+		fmt.Fprintf(w, "%s\t%.1f\t%.0f\t%.1f\t%.0f\t%.2f\t%.2f–%.2f\t\n", c.name, ms(s.Elapsed()), rate(s.Elapsed()), s.Allocs, s.Bytes, medianCPU(run, c.name), lo, hi)
 	}
 	w.Flush()
 	_, hasHand := run.Median(hand)
@@ -380,8 +464,8 @@ func report(contenders []contender, run *results.Run) {
 		}
 		line := c.name + ":"
 		if hasHand {
-			line += fmt.Sprintf("  %.2fx the hand-written loop (median of repetitions: %.2fx)",
-				run.Ratio(hand, c.name), run.PairedRatio(hand, c.name))
+			line += fmt.Sprintf("  %.2fx the hand-written loop (median of repetitions: %.2fx);  CPU/entry %.2fx the raw loop's (median of repetitions: %.2fx)",
+				run.Ratio(hand, c.name), run.PairedRatio(hand, c.name), medianCPU(run, c.name)/medianCPU(run, hand), pairedCPU(run, hand, c.name))
 		}
 		if hasWM {
 			line += fmt.Sprintf("  %.1fx watermill-redisstream", run.Ratio(wm, c.name))
@@ -390,6 +474,28 @@ func report(contenders []contender, run *results.Run) {
 	}
 	fmt.Printf("\n%d entries per drain, %d repetitions, COUNT %s, GOMAXPROCS %d, %s\n",
 		*n, *reps, strconv.Itoa(*count), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Printf("load average (1, 5, 15 min): %s at the start, %s at the end\n", formatLoad(startLoad), formatLoad(endLoad))
+	fmt.Println("CPU: this process's user + system time over each drain (getrusage), per entry; the raw loop is the hand-written one")
+}
+
+func medianCPU(run *results.Run, contender string) float64 {
+	return run.MedianOf(contender, results.SampleCPU)
+}
+
+func pairedCPU(run *results.Run, base, contender string) float64 {
+	return run.PairedRatioOf(base, contender, results.SampleCPU)
+}
+
+// loadRange is the lowest and highest 1-minute load average seen after a
+// contender's drains.
+func loadRange(run *results.Run, contender string) (lo, hi float64) {
+	for i, s := range run.Of(contender) {
+		if i == 0 || s.Load < lo {
+			lo = s.Load
+		}
+		hi = max(hi, s.Load)
+	}
+	return lo, hi
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -18,6 +18,11 @@ type Sample struct {
 	Seconds   float64 `json:"seconds"`
 	Allocs    float64 `json:"allocs_per_entry"`
 	Bytes     float64 `json:"bytes_per_entry"`
+	// CPU is the process's user and system CPU time per entry over the
+	// run, in microseconds, where a program measures it (servers are
+	// other processes); Load the 1-minute load average after it.
+	CPU  float64 `json:"cpu_us_per_entry,omitempty"`
+	Load float64 `json:"load1,omitempty"`
 }
 
 // Run is every sample of one invocation of a bench program.
@@ -29,7 +34,7 @@ type Run struct {
 
 // Add records one sample.
 func (r *Run) Add(contender string, rep, entries int, elapsed time.Duration, allocs, bytes float64) {
-	r.Samples = append(r.Samples, Sample{contender, rep, entries, elapsed.Seconds(), allocs, bytes})
+	r.Samples = append(r.Samples, Sample{Contender: contender, Rep: rep, Entries: entries, Seconds: elapsed.Seconds(), Allocs: allocs, Bytes: bytes})
 }
 
 // Write stores r as indented JSON at path.
@@ -117,3 +122,40 @@ func (r *Run) PairedRatio(base, contender string) float64 {
 	slices.Sort(ratios)
 	return ratios[len(ratios)/2]
 }
+
+// MedianOf is the median over a contender's samples of what of picks
+// (CPU, say), taken on its own rather than from the sample of median time;
+// NaN when it has none.
+func (r *Run) MedianOf(contender string, of func(Sample) float64) float64 {
+	var v []float64
+	for _, s := range r.Of(contender) {
+		v = append(v, of(s))
+	}
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// PairedRatioOf is the median over repetitions of what of picks of
+// contender over the same of base in the same repetition (CPU per entry
+// against a baseline's, say); NaN when no repetition has both.
+func (r *Run) PairedRatioOf(base, contender string, of func(Sample) float64) float64 {
+	var ratios []float64
+	for _, b := range r.Of(base) {
+		for _, c := range r.Of(contender) {
+			if b.Rep == c.Rep && of(b) != 0 {
+				ratios = append(ratios, of(c)/of(b))
+			}
+		}
+	}
+	if len(ratios) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(ratios)
+	return ratios[len(ratios)/2]
+}
+
+// SampleCPU picks a sample's CPU per entry, for MedianOf and PairedRatioOf.
+func SampleCPU(s Sample) float64 { return s.CPU }
