@@ -42,6 +42,7 @@ var (
 	outFile    = flag.String("out", "../BENCHMARKS.md", "the report to write")
 	renderOnly = flag.Bool("render-only", false, "do not measure; render from the existing results")
 	quick      = flag.Bool("quick", false, "fewer entries and repetitions (for checking the tooling, not for figures)")
+	quietBelow = flag.Float64("quiet-below", 1, "before measuring, wait (up to 10 minutes) until the 1-minute load average is below this; 0 does not wait")
 )
 
 // step is one measurement: a command and the file its output goes to.
@@ -110,8 +111,12 @@ func measure() error {
 	if err := os.WriteFile(filepath.Join(*resultsDir, "machine.txt"), []byte(info), 0o644); err != nil {
 		return err
 	}
+	if *quietBelow > 0 {
+		waitQuiet(*quietBelow, 10*time.Minute)
+	}
+	loads := map[string]stepLoad{}
 	for _, st := range steps() {
-		start := time.Now()
+		start, startLoad := time.Now(), loadAverage()
 		fmt.Fprintf(os.Stderr, "== %s: %s\n", st.name, strings.Join(st.args, " "))
 		cmd := exec.Command(st.args[0], st.args[1:]...)
 		cmd.Dir = st.dir
@@ -125,7 +130,11 @@ func measure() error {
 		if err := os.WriteFile(filepath.Join(*resultsDir, st.out), out.Bytes(), 0o644); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "   done in %v\n", time.Since(start).Round(time.Second))
+		loads[st.out] = stepLoad{Start: startLoad, End: loadAverage()}
+		if err := writeLoads(loads); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "   done in %v, load average %.2f → %.2f\n", time.Since(start).Round(time.Second), startLoad, loads[st.out].End)
 	}
 	return nil
 }
@@ -224,4 +233,19 @@ func medianOf(lines []benchLine, name, metric string) (float64, bool) {
 	}
 	slices.Sort(v)
 	return v[len(v)/2], true
+}
+
+// waitQuiet waits until the 1-minute load average is below limit, or for
+// at most max, saying so.
+func waitQuiet(limit float64, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for l := loadAverage(); l >= limit; l = loadAverage() {
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "== the load average is still %.2f after %v; measuring anyway\n", l, max)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "== waiting for the load average (%.2f) to fall below %.2f\n", l, limit)
+		time.Sleep(15 * time.Second)
+	}
+	fmt.Fprintf(os.Stderr, "== load average %.2f: measuring\n", loadAverage())
 }

@@ -14,7 +14,18 @@ import (
 // render writes BENCHMARKS.md and the charts from the files in results/.
 func render() error {
 	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	loads, err := readLoads()
+	if err != nil {
+		return err
+	}
+	// p prints, and under each section heading the load average while its
+	// figures were measured.
+	p := func(format string, args ...any) {
+		fmt.Fprintf(&b, format, args...)
+		if heading, ok := strings.CutSuffix(format, "\n\n"); ok && len(args) == 0 {
+			b.WriteString(loadLine(loads, heading))
+		}
+	}
 	res := func(name string) string { return filepath.Join(*resultsDir, name) }
 
 	info, err := os.ReadFile(res("machine.txt"))
@@ -28,6 +39,10 @@ func render() error {
 	p("```sh\ncd bench && go run ./report -mysql 'root@tcp(127.0.0.1:3306)/test' -redis 127.0.0.1:6379\n```\n\n")
 	p("Raw outputs and JSON samples are in [`bench/results/`](bench/results/); `go run ./report -render-only`\n")
 	p("rebuilds this page from them. The machine:\n\n```\n%s```\n\n", info)
+	p("The command waits until the 1-minute load average is below 1 before it\n")
+	p("measures; under each heading below is the load average at the start and\n")
+	p("end of the measurements behind it (the benchmark itself, MariaDB and Redis\n")
+	p("load the machine while they run).\n\n")
 	p("The database and Redis run on the same two cores as the benchmark, so a\n")
 	p("client that spends less CPU leaves more to the servers: allocations and\n")
 	p("CPU per entry matter here more than on a machine with spare cores.\n\n")
