@@ -116,6 +116,8 @@ func (s *streamCore) ensureGroup(ctx context.Context) error {
 	if s.groupReady {
 		return nil
 	}
+	ctx, cancel := quick(ctx) // a command without a deadline would switch rueidis to background pipelining for good
+	defer cancel()
 	cmd := s.client.B().XgroupCreate().Key(s.cfg.Stream).Group(s.cfg.Group).Id(s.cfg.StartID).Mkstream().Build()
 	if err := s.client.Do(ctx, cmd).Error(); err != nil && !rueidis.IsRedisBusyGroup(err) {
 		return s.explain(ctx, fmt.Sprintf("XGROUP CREATE %q %q", s.cfg.Stream, s.cfg.Group), s.cfg.Stream, err)

@@ -97,6 +97,8 @@ func (e *engine[T]) claimPass(ctx context.Context, p *enginePart) error {
 // reply's third element; returned without fields by Redis 6.2) are
 // acknowledged away.
 func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (string, rawEntries, error) {
+	ctx, cancel := quick(ctx) // see quick: no switch to background pipelining
+	defer cancel()
 	cmd := s.client.B().Xautoclaim().Key(s.cfg.Stream).Group(s.cfg.Group).Consumer(s.cfg.Consumer).
 		MinIdleTime(fmt.Sprint(s.cfg.ClaimIdle.Milliseconds())).Start(cursor).Count(int64(count)).Build()
 	none := rawEntries{}
@@ -139,6 +141,8 @@ func (s *streamCore) autoclaim(ctx context.Context, cursor string, count int) (s
 // and the oldest-pending-age gauge from the idle time of the first pending
 // entry.
 func (s *streamCore) refreshPending(ctx context.Context) error {
+	ctx, cancel := quick(ctx)
+	defer cancel()
 	res := s.client.DoMulti(ctx,
 		s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Build(),
 		s.client.B().Xpending().Key(s.cfg.Stream).Group(s.cfg.Group).Start("-").End("+").Count(1).Build(),

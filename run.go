@@ -411,6 +411,20 @@ func newSlots(n int) (*puddle.Pool[struct{}], error) {
 // read and no goroutine hand-off per entry.
 func (e *engine[T]) readLoop(ctx context.Context, p *enginePart) error {
 	var w worker[T] // the reader's acknowledgements, inline
+	if e.inline {
+		// Acknowledgements that waited ackFlushAfter (a read's handlers
+		// were slow) go out at once, from the reader itself: an XACK sent
+		// by the acknowledger beside a read would make rueidis pipeline
+		// the connection through goroutines from then on.
+		w.direct = func(part int, ids []string, refs []heldRef) {
+			q := e.parts[part]
+			if err := q.core.ackAlone(ctx, ids); err != nil {
+				q.acks.retryOrFail(ids, refs, err)
+				return
+			}
+			e.sched.settle(refs)
+		}
+	}
 	defer w.flush(e.sched)
 	var msgs []Message[T] // inline: reused from read to read
 	var units []unit[T]

@@ -116,8 +116,12 @@ func newScheduler[T any](ctx context.Context, slots *puddle.Pool[struct{}], conc
 // entries it finished, by stream (partition) index, flushed to the ackers
 // in bursts, and refs their in-flight records.
 type worker[T any] struct {
-	acks    [][]string
-	refs    [][]heldRef
+	acks [][]string
+	refs [][]heldRef
+	// direct, when set, takes the acknowledgements flush hands over
+	// instead of the scheduler's acknowledgers: an inline reader sends
+	// them itself, so that no XACK goes out beside its reads.
+	direct  func(part int, ids []string, refs []heldRef)
 	pending int       // ids in acks
 	since   time.Time // when flushIfDue first saw the oldest of them
 }
@@ -198,10 +202,15 @@ func (w *worker[T]) flush(s *scheduler[T]) {
 		return
 	}
 	for part, ids := range w.acks {
-		if len(ids) > 0 {
-			s.flushAcks(part, ids, w.refs[part])
-			w.acks[part], w.refs[part] = nil, nil
+		if len(ids) == 0 {
+			continue
 		}
+		if w.direct != nil {
+			w.direct(part, ids, w.refs[part])
+		} else {
+			s.flushAcks(part, ids, w.refs[part])
+		}
+		w.acks[part], w.refs[part] = nil, nil
 	}
 	w.pending = 0
 }

@@ -295,6 +295,16 @@ func TestInlineReaderKeepsTheAcknowledgementsOfEachReadForTheNext(t *testing.T) 
 	if len(handed) != 4 {
 		t.Fatalf("handed %v, want the 3 of the last read and 5-0 once they waited ackFlushAfter", handed)
 	}
+	// The inline reader sends those itself (direct), not through the
+	// acknowledgers: no XACK goes out beside its reads.
+	var sent []string
+	w.direct = func(_ int, ids []string, _ []heldRef) { sent = append(sent, ids...) }
+	w.ack(s, &unit[int]{msgs: []Message[int]{{ID: "6-0"}}}, 0)
+	w.flushIfDue(s, start.Add(12*ackFlushAfter))
+	w.flushIfDue(s, start.Add(13*ackFlushAfter))
+	if len(handed) != 4 || !slices.Equal(sent, []string{"6-0"}) {
+		t.Fatalf("handed %v and sent %v directly, want 6-0 sent directly", handed, sent)
+	}
 }
 
 // msgsOf returns entries of stream part with ids, in that order.
