@@ -54,6 +54,7 @@ func renderBatchHandlers(p printer, r *results.Run) {
 	}
 	p("\n| measure | figure | target |\n|---|---:|---|\n")
 	p("| `HandleBatch(100)` + `InsertRows` + `Once` / per-entry pipeline | **%s** | ≥ 20× |\n", figure(r.Ratio(perEntryPipeline, handleBatchOnce)))
+	p("| `HandleBatch(100)` + `InsertRows` + `Once` / per-entry pipeline + `Once` (both exactly-once) | **%s** | |\n", figure(r.Ratio(perEntryPipeline+" + Once", handleBatchOnce)))
 	p("| `HandleBatch(100)` + `InsertRows` / per-entry pipeline | %s | |\n", figure(r.Ratio(perEntryPipeline, handleBatch)))
 	p("| `HandleBatch(100)` + `InsertRows` / hand-written multi-row batches | **%s** (per repetition: %s) | |\n", figure(r.Ratio(handMultiRow, handleBatch)), figure(r.PairedRatio(handMultiRow, handleBatch)))
 	p("| `HandleBatch(100)` + `InsertRows` + `Once` / hand-written multi-row batches | %s | |\n", figure(r.Ratio(handMultiRow, handleBatchOnce)))
