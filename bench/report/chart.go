@@ -1,8 +1,10 @@
 package main
 
 import (
+	"maps"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -117,7 +119,7 @@ func linePanel(b *strings.Builder, x0, y0, w, h float64, title, xLabel string, l
 		}
 		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" %s font-size="11" fill="%s">%s</text>`+"\n", x0+60, y0+12+float64(i)*14, chartFont, col, escape(name))
 	}
-	for t := range ticks {
+	for _, t := range slices.Sorted(maps.Keys(ticks)) {
 		fmt.Fprintf(b, `<text x="%.1f" y="%.0f" %s font-size="10" text-anchor="middle">%s</text>`+"\n", px(t), y0+h-16, chartFont, thousands(t))
 	}
 	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" %s font-size="11" text-anchor="middle">%s</text>`+"\n", x0+w/2, y0+h, chartFont, xLabel)
