@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/puddle/v2"
+
+	"github.com/safesync-go/safesync/internal/streamid"
 )
 
 // unit is what one handler call gets: one entry for Run and ClaimStale, up
@@ -88,7 +90,7 @@ type scheduler[T any] struct {
 	// above or equal to every id admitted.
 	groups []*heldGroup
 	spare  []*heldGroup
-	maxID  []streamID
+	maxID  []streamid.ID
 	// reads counts the reads and claims in flight by the sequence number
 	// when they were sent; settlements advance seq.
 	reads   map[uint64]int

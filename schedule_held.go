@@ -3,6 +3,8 @@ package safesync
 import (
 	"math"
 	"slices"
+
+	"github.com/safesync-go/safesync/internal/streamid"
 )
 
 // The scheduler's in-flight set: the entries it holds (admitted and neither
@@ -33,7 +35,7 @@ type heldGroup struct {
 	held  int         // entries in state entryHeld
 	// first and last are ids[0] and ids[len-1]; ranged reports that both
 	// parse and first <= last, so that an id outside them is not in ids.
-	first, last streamID
+	first, last streamid.ID
 	ranged      bool
 	// settledAt is the sequence number of the latest settlement of one of
 	// its entries while reads were in flight (0: none): the settled
@@ -63,52 +65,13 @@ func (r heldRef) at(j int) heldRef {
 	return r
 }
 
-// streamID is a parsed stream entry id, ms-seq.
-type streamID struct{ ms, seq uint64 }
-
-// parseStreamID parses an entry id as Redis writes it, ms-seq.
-func parseStreamID(id string) (streamID, bool) {
-	ms, rest, ok := parseDecimal(id)
-	if !ok || len(rest) == 0 || rest[0] != '-' {
-		return streamID{}, false
-	}
-	seq, rest, ok := parseDecimal(rest[1:])
-	if !ok || len(rest) > 0 {
-		return streamID{}, false
-	}
-	return streamID{ms, seq}, true
-}
-
-// parseDecimal parses the leading digits of s, at least one, as a uint64,
-// and returns the rest.
-func parseDecimal(s string) (uint64, string, bool) {
-	var n uint64
-	i := 0
-	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-		d := uint64(s[i] - '0')
-		if n > (math.MaxUint64-d)/10 {
-			return 0, "", false
-		}
-		n = n*10 + d
-	}
-	return n, s[i:], i > 0
-}
-
-func (x streamID) less(y streamID) bool {
-	return x.ms < y.ms || (x.ms == y.ms && x.seq < y.seq)
-}
-
-// maxStreamID is above every id: an admit never takes the fast path on a
-// stream whose maxID it is.
-var maxStreamID = streamID{math.MaxUint64, math.MaxUint64}
-
 // dropRecorded returns msgs, entries of one stream (partition) in stream
 // order read or claimed by the read numbered read, without those this
 // consumer holds or settled after that read was sent, compacting msgs in
 // place. Called with mu held.
 func (s *scheduler[T]) dropRecorded(msgs []Message[T], read uint64) []Message[T] {
 	part := msgs[0].part
-	if first, ok := parseStreamID(msgs[0].ID); ok && (part >= len(s.maxID) || s.maxID[part].less(first)) {
+	if first, ok := streamid.Parse(msgs[0].ID); ok && (part >= len(s.maxID) || s.maxID[part].Less(first)) {
 		return msgs // above every id recorded of the stream: a read of new entries
 	}
 	kept := msgs[:0]
@@ -129,9 +92,9 @@ func (s *scheduler[T]) dropRecorded(msgs []Message[T], read uint64) []Message[T]
 // recorded reports whether entry id of stream part is held, or was settled
 // after the read numbered read was sent. Called with mu held.
 func (s *scheduler[T]) recorded(part int, id string, read uint64) bool {
-	x, ok := parseStreamID(id)
+	x, ok := streamid.Parse(id)
 	for _, g := range s.groups {
-		if g.part != part || (ok && g.ranged && (x.less(g.first) || g.last.less(x))) {
+		if g.part != part || (ok && g.ranged && (x.Less(g.first) || g.last.Less(x))) {
 			continue
 		}
 		for j, have := range g.ids {
@@ -170,16 +133,16 @@ func (s *scheduler[T]) hold(kept []Message[T]) heldRef {
 	clear(g.state) // entryHeld
 	g.held, g.settledAt = len(kept), 0
 	var okF, okL bool
-	g.first, okF = parseStreamID(g.ids[0])
-	g.last, okL = parseStreamID(g.ids[len(g.ids)-1])
-	g.ranged = okF && okL && !g.last.less(g.first)
+	g.first, okF = streamid.Parse(g.ids[0])
+	g.last, okL = streamid.Parse(g.ids[len(g.ids)-1])
+	g.ranged = okF && okL && !g.last.Less(g.first)
 	for len(s.maxID) <= g.part {
-		s.maxID = append(s.maxID, streamID{})
+		s.maxID = append(s.maxID, streamid.ID{})
 	}
 	switch {
 	case !g.ranged:
-		s.maxID[g.part] = maxStreamID // out of order: no fast path on this stream
-	case s.maxID[g.part].less(g.last):
+		s.maxID[g.part] = streamid.Max // out of order: no fast path on this stream
+	case s.maxID[g.part].Less(g.last):
 		s.maxID[g.part] = g.last
 	}
 	s.groups = append(s.groups, g)

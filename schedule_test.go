@@ -3,7 +3,6 @@ package safesync
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -396,27 +395,4 @@ func TestSchedulerNeverAdmitsAnEntryItHoldsAgain(t *testing.T) {
 	s.settle(refs)
 	s.release(refs)
 	admit("a claim of the later read's entries", msgsOf(0, "10-0", "10-1", "10-2"), "10-0", "10-1", "10-2")
-}
-
-func TestParseStreamID(t *testing.T) {
-	for _, tc := range []struct {
-		id   string
-		want streamID
-		ok   bool
-	}{
-		{"0-0", streamID{0, 0}, true},
-		{"1700000000000-12", streamID{1700000000000, 12}, true},
-		{"18446744073709551615-18446744073709551615", streamID{math.MaxUint64, math.MaxUint64}, true},
-		{"18446744073709551616-0", streamID{}, false},
-		{"12", streamID{}, false},
-		{"-1", streamID{}, false},
-		{"1-", streamID{}, false},
-		{"1-x", streamID{}, false},
-		{"", streamID{}, false},
-	} {
-		got, ok := parseStreamID(tc.id)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("parseStreamID(%q) = %v, %v; want %v, %v", tc.id, got, ok, tc.want, tc.ok)
-		}
-	}
 }

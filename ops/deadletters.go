@@ -217,7 +217,7 @@ func (o *Ops) DeadLetters(ctx context.Context, t Target, q DeadLetterQuery) (Dea
 
 // after reports whether p comes after q in (id, key) order.
 func (p position) after(q position) bool {
-	return q.id.less(p.id) || p.id == q.id && p.key > q.key
+	return q.id.Less(p.id) || p.id == q.id && p.key > q.key
 }
 
 // DeadLetter returns the dead letter with id from t's dead-letter streams
@@ -275,7 +275,7 @@ func (o *Ops) deadLettersByID(ctx context.Context, t Target, f Filter) ([]DeadLe
 	sort.Slice(out, func(i, j int) bool {
 		a, _ := parseID(out[i].ID)
 		b, _ := parseID(out[j].ID)
-		return a.less(b) || a == b && out[i].DeadLetterStream < out[j].DeadLetterStream
+		return a.Less(b) || a == b && out[i].DeadLetterStream < out[j].DeadLetterStream
 	})
 	return out, nil
 }
@@ -295,7 +295,7 @@ type deadLetterIter struct {
 func (o *Ops) selectDeadLetters(keys []string, f Filter, cur *position, end func(string) string) *deadLetterIter {
 	if !f.Since.IsZero() {
 		since, _ := parseID(boundID(f.Since))
-		if cur == nil || cur.id.less(since) {
+		if cur == nil || cur.id.Less(since) {
 			// Start at since on every key: a position just before it.
 			cur = &position{id: since, key: ""}
 		}
@@ -309,7 +309,7 @@ func (o *Ops) selectDeadLetters(keys []string, f Filter, cur *position, end func
 			if e == "+" {
 				return u
 			}
-			if eid, ok := parseID(e); ok && eid.ms > uint64(max(until, 0)) {
+			if eid, ok := parseID(e); ok && eid.MS > uint64(max(until, 0)) {
 				return u
 			}
 			return e

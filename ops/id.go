@@ -7,54 +7,24 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/safesync-go/safesync/internal/streamid"
 )
 
 // entryID is a stream entry id, milliseconds and sequence number.
-type entryID struct{ ms, seq uint64 }
+type entryID = streamid.ID
 
 // parseID parses a complete entry id ("1700000000000-3").
-func parseID(s string) (entryID, bool) {
-	msPart, seqPart, ok := strings.Cut(s, "-")
-	if !ok {
-		return entryID{}, false
-	}
-	ms, err1 := strconv.ParseUint(msPart, 10, 64)
-	seq, err2 := strconv.ParseUint(seqPart, 10, 64)
-	if err1 != nil || err2 != nil {
-		return entryID{}, false
-	}
-	return entryID{ms, seq}, true
-}
-
-func (a entryID) less(b entryID) bool {
-	return a.ms < b.ms || a.ms == b.ms && a.seq < b.seq
-}
-
-func (a entryID) String() string {
-	return strconv.FormatUint(a.ms, 10) + "-" + strconv.FormatUint(a.seq, 10)
-}
-
-// next returns the smallest id after a; XRANGE and XPENDING read from it
-// inclusively, which every Redis version and the embedded one understand
-// (the "(" exclusive form needs Redis 6.2 and is not in the embedded one).
-func (a entryID) next() (entryID, bool) {
-	switch {
-	case a.seq < math.MaxUint64:
-		return entryID{a.ms, a.seq + 1}, true
-	case a.ms < math.MaxUint64:
-		return entryID{a.ms + 1, 0}, true
-	}
-	return entryID{}, false
-}
+func parseID(s string) (entryID, bool) { return streamid.Parse(s) }
 
 // idTime returns the time an entry id records (the milliseconds part of an
 // id Redis generated), or the zero time if id does not parse.
 func idTime(id string) time.Time {
 	e, ok := parseID(id)
-	if !ok || e.ms > math.MaxInt64 {
+	if !ok || e.MS > math.MaxInt64 {
 		return time.Time{}
 	}
-	return time.UnixMilli(int64(e.ms)).UTC()
+	return time.UnixMilli(int64(e.MS)).UTC()
 }
 
 // age returns how long before now the entry id was generated, or 0.
@@ -103,7 +73,7 @@ func (p *position) startFor(key string) (start string, done bool) {
 	if key > p.key {
 		return p.id.String(), false
 	}
-	n, ok := p.id.next()
+	n, ok := p.id.Next()
 	if !ok {
 		return "", true
 	}

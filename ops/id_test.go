@@ -30,12 +30,12 @@ func TestEntryIDsParseOrderAndStep(t *testing.T) {
 		if id.String() != tc.in {
 			t.Errorf("parseID(%q).String() = %q", tc.in, id)
 		}
-		n, _ := id.next()
-		if n.String() != tc.next || !id.less(n) {
-			t.Errorf("%s.next() = %s, want %s, after it", tc.in, n, tc.next)
+		n, _ := id.Next()
+		if n.String() != tc.next || !id.Less(n) {
+			t.Errorf("%s.Next() = %s, want %s, after it", tc.in, n, tc.next)
 		}
 	}
-	if _, ok := (entryID{math.MaxUint64, math.MaxUint64}).next(); ok {
+	if _, ok := (entryID{MS: math.MaxUint64, Seq: math.MaxUint64}).Next(); ok {
 		t.Error("the largest id has a next")
 	}
 	if got := idTime("1700000000123-4"); !got.Equal(time.UnixMilli(1700000000123)) {
@@ -44,7 +44,7 @@ func TestEntryIDsParseOrderAndStep(t *testing.T) {
 }
 
 func TestCursorsRoundTripAndResumeInIDThenKeyOrder(t *testing.T) {
-	p := position{id: entryID{10, 2}, key: "orders:{1.0}"}
+	p := position{id: entryID{MS: 10, Seq: 2}, key: "orders:{1.0}"}
 	got, err := parseCursor(p.String())
 	if err != nil || *got != p {
 		t.Fatalf("parseCursor(%q) = %v, %v", p.String(), got, err)

@@ -317,12 +317,12 @@ func (o *Ops) describeGroups(ctx context.Context, keys []keyState) error {
 func (o *Ops) countAfter(ctx context.Context, key, after, last string) (n int64, atLeast bool, err error) {
 	a, okA := parseID(after)
 	l, okL := parseID(last)
-	if !okL || okA && !a.less(l) {
+	if !okL || okA && !a.Less(l) {
 		return 0, false, nil
 	}
 	start := "-"
 	if okA {
-		next, ok := a.next()
+		next, ok := a.Next()
 		if !ok {
 			return 0, false, nil
 		}
@@ -342,7 +342,7 @@ func (o *Ops) countAfter(ctx context.Context, key, after, last string) (n int64,
 			return n, false, nil
 		}
 		id, _ := parseID(xs[len(xs)-1].ID)
-		next, ok := id.next()
+		next, ok := id.Next()
 		if !ok {
 			return n, false, nil
 		}

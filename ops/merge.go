@@ -54,7 +54,7 @@ func (m *merged[T]) next(ctx context.Context) (it item[T], ok bool, err error) {
 			continue
 		}
 		id, _ := parseID(m.idOf(m.bufs[i][0]))
-		if best < 0 || id.less(bestID) || id == bestID && m.keys[i] < m.keys[best] {
+		if best < 0 || id.Less(bestID) || id == bestID && m.keys[i] < m.keys[best] {
 			best, bestID = i, id
 		}
 	}
@@ -80,7 +80,7 @@ func (m *merged[T]) fill(ctx context.Context, i int) error {
 	if !ok {
 		return fmt.Errorf("safesync/ops: %s: unexpected entry id %q", m.keys[i], m.idOf(vs[len(vs)-1]))
 	}
-	next, ok := last.next()
+	next, ok := last.Next()
 	m.starts[i], m.done[i] = next.String(), !ok
 	return nil
 }

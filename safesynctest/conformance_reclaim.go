@@ -1,17 +1,15 @@
 package safesynctest
 
 import (
-	"cmp"
 	"context"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/safesync-go/safesync"
+	"github.com/safesync-go/safesync/internal/streamid"
 )
 
 func reclaimRespectsIdle(t *testing.T, s *suite) {
@@ -172,18 +170,9 @@ func pendingGauges(t *testing.T, s *suite) {
 
 // compareIDs orders stream entry ids numerically.
 func compareIDs(a, b string) int {
-	parse := func(id string) (ms, seq uint64) {
-		l, r, _ := strings.Cut(id, "-")
-		ms, _ = strconv.ParseUint(l, 10, 64)
-		seq, _ = strconv.ParseUint(r, 10, 64)
-		return ms, seq
-	}
-	am, as := parse(a)
-	bm, bs := parse(b)
-	if am != bm {
-		return cmp.Compare(am, bm)
-	}
-	return cmp.Compare(as, bs)
+	x, _ := streamid.Parse(a)
+	y, _ := streamid.Parse(b)
+	return x.Compare(y)
 }
 
 // inFlightNeverRunTwice: while entries run (longer than ClaimIdle), wait
