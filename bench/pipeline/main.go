@@ -307,27 +307,18 @@ const update = "UPDATE " + table + " SET balance = balance + ? WHERE id = ?"
 // goroutine, read entries, and apply them in transactions of perTx entries
 // (BEGIN, one UPDATE each, COMMIT), then acknowledge them with one XACK.
 func handWritten(perTx int) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
-	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
-		var wg sync.WaitGroup
-		errs := make(chan error, *concurrency)
-		for w := 0; w < *concurrency; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := handWrittenWorker(ctx, db, rdb, stream, "hand-"+strconv.Itoa(w), perTx); err != nil {
-					errs <- err
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		return <-errs
-	}
+	return handWrittenWorkers("hand-", perTx, handWrittenWorker)
 }
 
 // handWrittenMultiRow is handWritten with one multi-row INSERT … ON
 // DUPLICATE KEY UPDATE per transaction instead of an UPDATE per entry.
 func handWrittenMultiRow(perTx int) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
+	return handWrittenWorkers("hand-multi-", perTx, handWrittenMultiRowWorker)
+}
+
+// handWrittenWorkers runs worker in *concurrency goroutines, consumers
+// named prefix and their number, and returns the first error.
+func handWrittenWorkers(prefix string, perTx int, worker func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error) func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
 	return func(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream string) error {
 		var wg sync.WaitGroup
 		errs := make(chan error, *concurrency)
@@ -335,7 +326,7 @@ func handWrittenMultiRow(perTx int) func(ctx context.Context, db *sql.DB, rdb ru
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := handWrittenMultiRowWorker(ctx, db, rdb, stream, "hand-multi-"+strconv.Itoa(w), perTx); err != nil {
+				if err := worker(ctx, db, rdb, stream, prefix+strconv.Itoa(w), perTx); err != nil {
 					errs <- err
 				}
 			}()
@@ -349,7 +340,48 @@ func handWrittenMultiRow(perTx int) func(ctx context.Context, db *sql.DB, rdb ru
 const upsertHead = "INSERT INTO " + table + " (id, balance) VALUES "
 const upsertTail = " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)"
 
+// handWrittenMultiRowWorker applies each chunk with one multi-row upsert.
 func handWrittenMultiRowWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
+	return handWrittenLoop(ctx, db, rdb, stream, consumer, perTx, func(tx *sql.Tx, chunk []rueidis.XRangeEntry) error {
+		args := make([]any, 0, 2*len(chunk))
+		var q strings.Builder
+		q.WriteString(upsertHead)
+		for i, e := range chunk {
+			var o order
+			if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
+				return err
+			}
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?)")
+			args = append(args, o.AccountID, o.Amount)
+		}
+		q.WriteString(upsertTail)
+		_, err := tx.ExecContext(ctx, q.String(), args...)
+		return err
+	})
+}
+
+// handWrittenWorker applies each chunk with one UPDATE an entry.
+func handWrittenWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
+	return handWrittenLoop(ctx, db, rdb, stream, consumer, perTx, func(tx *sql.Tx, chunk []rueidis.XRangeEntry) error {
+		for _, e := range chunk {
+			var o order
+			if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, update, o.Amount, o.AccountID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// handWrittenLoop reads entries until the stream is drained and applies
+// them perTx at a time: BEGIN, apply, COMMIT, then one XACK of the chunk.
+func handWrittenLoop(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int, apply func(tx *sql.Tx, chunk []rueidis.XRangeEntry) error) error {
 	for {
 		res, err := rdb.Do(ctx, rdb.B().Xreadgroup().Group(group, consumer).Count(int64(max(perTx, 10))).Streams().Key(stream).Id(">").Build()).AsXRead()
 		if rueidis.IsRedisNil(err) {
@@ -365,76 +397,20 @@ func handWrittenMultiRowWorker(ctx context.Context, db *sql.DB, rdb rueidis.Clie
 		for len(entries) > 0 {
 			chunk := entries[:min(perTx, len(entries))]
 			entries = entries[len(chunk):]
-			ids := make([]string, len(chunk))
-			args := make([]any, 0, 2*len(chunk))
-			var q strings.Builder
-			q.WriteString(upsertHead)
-			for i, e := range chunk {
-				var o order
-				if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
-					return err
-				}
-				if i > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString("(?, ?)")
-				args = append(args, o.AccountID, o.Amount)
-				ids[i] = e.ID
-			}
-			q.WriteString(upsertTail)
 			tx, err := db.BeginTx(ctx, nil)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			if err := apply(tx, chunk); err != nil {
 				tx.Rollback()
 				return err
 			}
 			if err := tx.Commit(); err != nil {
 				return err
 			}
-			if err := rdb.Do(ctx, rdb.B().Xack().Key(stream).Group(group).Id(ids...).Build()).Error(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-func handWrittenWorker(ctx context.Context, db *sql.DB, rdb rueidis.Client, stream, consumer string, perTx int) error {
-	for {
-		res, err := rdb.Do(ctx, rdb.B().Xreadgroup().Group(group, consumer).Count(int64(max(perTx, 10))).Streams().Key(stream).Id(">").Build()).AsXRead()
-		if rueidis.IsRedisNil(err) {
-			return nil // drained
-		}
-		if err != nil {
-			return err
-		}
-		entries := res[stream]
-		if len(entries) == 0 {
-			return nil
-		}
-		for len(entries) > 0 {
-			chunk := entries[:min(perTx, len(entries))]
-			entries = entries[len(chunk):]
-			tx, err := db.BeginTx(ctx, nil)
-			if err != nil {
-				return err
-			}
 			ids := make([]string, len(chunk))
 			for i, e := range chunk {
-				var o order
-				if err := json.Unmarshal([]byte(e.FieldValues["data"]), &o); err != nil {
-					tx.Rollback()
-					return err
-				}
-				if _, err := tx.ExecContext(ctx, update, o.Amount, o.AccountID); err != nil {
-					tx.Rollback()
-					return err
-				}
 				ids[i] = e.ID
-			}
-			if err := tx.Commit(); err != nil {
-				return err
 			}
 			if err := rdb.Do(ctx, rdb.B().Xack().Key(stream).Group(group).Id(ids...).Build()).Error(); err != nil {
 				return err
