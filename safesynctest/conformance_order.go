@@ -91,6 +91,17 @@ func (o *orderChecker) check(t *testing.T, want map[string][]int) {
 
 func byKey(m safesync.Message[order]) string { return m.Value.Key }
 
+// orderedHandler records each entry's run in oc, taking up to maxSleep.
+func orderedHandler(oc *orderChecker, maxSleep time.Duration) safesync.Handler[order] {
+	return func(ctx context.Context, m safesync.Message[order]) error {
+		one := []safesync.Message[order]{m}
+		oc.enter(one)
+		time.Sleep(rand.N(maxSleep))
+		oc.leave(one)
+		return nil
+	}
+}
+
 func perKeyOrdering(t *testing.T, s *suite) {
 	e := s.newEnv(t)
 	want := publishKeyed(t, e, 400)
@@ -99,13 +110,7 @@ func perKeyOrdering(t *testing.T, s *suite) {
 	oc := newOrderChecker()
 	c := e.consumer(cfg, safesync.OrderBy(byKey))
 	r := start(func(ctx context.Context) error {
-		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
-			one := []safesync.Message[order]{m}
-			oc.enter(one)
-			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
-			oc.leave(one)
-			return nil
-		})
+		return c.Run(ctx, orderedHandler(oc, 500*time.Microsecond))
 	})
 	waitFor(t, 30*time.Second, "400 entries handled", func() bool { return oc.done() >= 400 })
 	if err := r.stop(t); err != nil {
@@ -149,13 +154,7 @@ func perKeyOrderingUnderReclaim(t *testing.T, s *suite) {
 	oc := newOrderChecker()
 	c := e.consumer(cfg, safesync.OrderBy(byKey))
 	r := start(func(ctx context.Context) error {
-		return c.Run(ctx, func(ctx context.Context, m safesync.Message[order]) error {
-			one := []safesync.Message[order]{m}
-			oc.enter(one)
-			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
-			oc.leave(one)
-			return nil
-		})
+		return c.Run(ctx, orderedHandler(oc, 3*time.Millisecond))
 	})
 	waitFor(t, 30*time.Second, "200 entries handled and acknowledged", func() bool {
 		return oc.done() >= 200 && len(pendingIDs(t, e.client, e.stream)) == 0
