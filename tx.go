@@ -84,14 +84,12 @@ func (e *CommitUnknownError) Is(target error) bool { return target == ErrCommitU
 type TxOption func(*txConfig)
 
 type txConfig struct {
-	isolation   sql.IsolationLevel
-	readOnly    bool
+	txOptions   sql.TxOptions // isolation level and read-only, given to BeginTx
 	label       string
 	metrics     *Metrics
 	hasMetrics  bool
 	independent bool
 	hookTimeout time.Duration
-	txOptions   sql.TxOptions // from isolation and readOnly, given to BeginTx
 }
 
 // DefaultTxLabel is the transactions_total label of a WithTx without Label.
@@ -103,11 +101,11 @@ const DefaultHookTimeout = 10 * time.Second
 // Isolation sets the transaction's isolation level (the server's default,
 // REPEATABLE READ on InnoDB, when not given).
 func Isolation(level sql.IsolationLevel) TxOption {
-	return func(c *txConfig) { c.isolation = level }
+	return func(c *txConfig) { c.txOptions.Isolation = level }
 }
 
 // ReadOnly starts the transaction with START TRANSACTION READ ONLY.
-func ReadOnly() TxOption { return func(c *txConfig) { c.readOnly = true } }
+func ReadOnly() TxOption { return func(c *txConfig) { c.txOptions.ReadOnly = true } }
 
 // Label names the transaction in metrics (label "label" of
 // transactions_total). Use a fixed string from code, never data.
@@ -290,14 +288,13 @@ func WithTx[T any](db *sql.DB, fn TxFunc[T], opts ...TxOption) Func[T] {
 	if fn == nil {
 		panic("safesync: WithTx with nil TxFunc")
 	}
-	cfg := txConfig{label: DefaultTxLabel, hookTimeout: DefaultHookTimeout, isolation: sql.LevelDefault}
+	cfg := txConfig{label: DefaultTxLabel, hookTimeout: DefaultHookTimeout}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if !cfg.hasMetrics {
 		cfg.metrics = DefaultMetrics()
 	}
-	cfg.txOptions = sql.TxOptions{Isolation: cfg.isolation, ReadOnly: cfg.readOnly}
 	return func(ctx context.Context) (T, error) {
 		return runTx(ctx, db, &cfg, fn)
 	}
@@ -402,10 +399,10 @@ func startTxSpan(ctx context.Context, tracer Tracer, cfg *txConfig) (context.Con
 	if n := retryAttempt(ctx); n > 0 {
 		attrs = append(attrs, slog.Int(attrTxAttempt, n))
 	}
-	if cfg.isolation != sql.LevelDefault {
-		attrs = append(attrs, slog.String(attrTxIsolation, cfg.isolation.String()))
+	if cfg.txOptions.Isolation != sql.LevelDefault {
+		attrs = append(attrs, slog.String(attrTxIsolation, cfg.txOptions.Isolation.String()))
 	}
-	if cfg.readOnly {
+	if cfg.txOptions.ReadOnly {
 		attrs = append(attrs, slog.Bool(attrTxReadOnly, true))
 	}
 	return tracer.Start(ctx, Operation{Kind: OpTransaction, Name: cfg.label, Attrs: attrs})
