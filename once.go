@@ -229,9 +229,7 @@ func markApplied[T any](ctx context.Context, m *dedupeMarker, tx *Tx, msgs []Mes
 type markBuffers struct {
 	fresh         []bool
 	args          []any
-	group, stream string
-	groupArg      any
-	streamArg     any
+	group, stream boxedString
 }
 
 // clear drops the arguments kept, which refer to entries.
@@ -240,21 +238,18 @@ func (b *markBuffers) clear() {
 	b.args = b.args[:0]
 }
 
-// groupArgument returns group as an argument, boxed once while it stays
-// the same.
-func (b *markBuffers) groupArgument(group string) any {
-	if b.groupArg == nil || b.group != group {
-		b.group, b.groupArg = group, group
-	}
-	return b.groupArg
+// boxedString converts a string to an argument, boxing it once while it
+// stays the same.
+type boxedString struct {
+	s   string
+	arg any
 }
 
-// streamArgument is groupArgument for the stream name.
-func (b *markBuffers) streamArgument(stream string) any {
-	if b.streamArg == nil || b.stream != stream {
-		b.stream, b.streamArg = stream, stream
+func (b *boxedString) argument(s string) any {
+	if b.arg == nil || b.s != s {
+		b.s, b.arg = s, s
 	}
-	return b.streamArg
+	return b.arg
 }
 
 // markChunk is markApplied for at most maxMarkRows entries, filling fresh.
@@ -288,7 +283,7 @@ func markRows[T any](ctx context.Context, m *dedupeMarker, tx *Tx, rows []Messag
 	args := b.args[:0]
 	for _, r := range rows {
 		stream, id := r.Origin()
-		args = append(args, b.groupArgument(r.Group), b.streamArgument(stream), id)
+		args = append(args, b.group.argument(r.Group), b.stream.argument(stream), id)
 	}
 	b.args = args
 	s, prepared := m.stmts[len(rows)]
