@@ -359,17 +359,19 @@ func (w *outageWorkload) check(t *testing.T, once bool) (duplicates int) {
 // with or without Once) or a plain Consumer.Run whose handler runs its own
 // transaction.
 type outageVariant struct {
-	name  string
-	once  bool
-	batch int // 0: Consumer.Run
+	name        string
+	once        bool
+	batch       int  // 0: Consumer.Run
+	handleBatch bool // a HandleBatch handler that names the entry at fault
 }
 
 var outageVariants = []outageVariant{
-	{"pipeline with Once", true, 1},
-	{"pipeline", false, 1},
-	{"Batch(8) with Once", true, 8},
-	{"Batch(8)", false, 8},
-	{"Consumer.Run", false, 0},
+	{"pipeline with Once", true, 1, false},
+	{"pipeline", false, 1, false},
+	{"Batch(8) with Once", true, 8, false},
+	{"Batch(8)", false, 8, false},
+	{"HandleBatch, Batch(8) with Once", true, 8, true},
+	{"Consumer.Run", false, 0, false},
 }
 
 // outageRun is one running consumer of an outage test.
@@ -409,8 +411,20 @@ func (v outageVariant) start(t *testing.T, w *outageWorkload, db *sql.DB, rdb ru
 			})
 			return
 		}
-		p := safesync.Stream(safesync.JSON[order]()).Handle(w.apply).AckAfter(safesync.Commit(db)).
-			Retry(safesync.Backoff(50*time.Millisecond, 3)).Batch(v.batch)
+		p := safesync.Stream(safesync.JSON[order]()).Handle(w.apply).AckAfter(safesync.Commit(db))
+		if v.handleBatch {
+			// Every error, an outage's included, comes back wrapped in
+			// FailEntry: only the entry's own failures may count.
+			p = safesync.Stream(safesync.JSON[order]()).HandleBatch(func(ctx context.Context, tx *safesync.Tx, msgs []safesync.Message[order]) error {
+				for _, msg := range msgs {
+					if err := w.apply(ctx, tx, msg); err != nil {
+						return safesync.FailEntry(msg, err)
+					}
+				}
+				return nil
+			}).AckAfter(safesync.Commit(db))
+		}
+		p = p.Retry(safesync.Backoff(50*time.Millisecond, 3)).Batch(v.batch)
 		if v.once {
 			p = p.Once(w.applied)
 		}
