@@ -47,6 +47,11 @@ func runners(t *testing.T, client rueidis.Client, cfg safesync.StreamConfig) map
 				Handle(func(context.Context, *safesync.Tx, safesync.Message[item]) error { return nil }).
 				AckAfter(safesync.Commit(db)).Run(ctx, client, cfg)
 		},
+		"Pipeline.Run, HandleBatch": func(ctx context.Context) error {
+			return safesync.Stream(safesync.JSON[item]()).
+				HandleBatch(func(context.Context, *safesync.Tx, []safesync.Message[item]) error { return nil }).
+				AckAfter(safesync.Commit(db)).Run(ctx, client, cfg)
+		},
 	}
 }
 
